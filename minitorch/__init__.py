@@ -1,0 +1,31 @@
+"""minitorch: a mini deep-learning framework on torch tensors, with hand-written gradients.
+
+No torch.autograd, torch.nn or torch.optim inside: every module computes its own backward.
+"""
+
+from minitorch.activations import ACTIVATIONS, ReLU, Sigmoid, Tanh
+from minitorch.init import INIT_SCHEMES, init_linear, seeded_generator
+from minitorch.linear import Linear
+from minitorch.losses import LOSSES, MAE, MSE, Loss
+from minitorch.mlp import mlp
+from minitorch.module import Module, Sequential
+from minitorch.optim import SGD
+
+__all__ = [
+    "ACTIVATIONS",
+    "INIT_SCHEMES",
+    "LOSSES",
+    "MAE",
+    "MSE",
+    "SGD",
+    "Linear",
+    "Loss",
+    "Module",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+    "init_linear",
+    "mlp",
+    "seeded_generator",
+]

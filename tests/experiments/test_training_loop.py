@@ -1,0 +1,83 @@
+"""train_replicas: learning, replica equivalence, divergence, sharding over workers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments.training import eval_epochs_for, train_replicas
+
+METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
+
+
+def test_test_model_learns_the_disk():
+    # The report's final model (3 Tanh, lr 0.01, batch 25), 500 epochs, one fixed seed.
+    result = train_replicas([0], epochs=500, eval_every=100)
+    assert result.test_acc[0, -1] > 0.9
+    assert result.train_loss[0, -1] < 0.5 * result.train_loss[0, 0]
+    assert result.eval_epochs.tolist() == [0, 100, 200, 300, 400, 500]
+    assert not result.diverged.any()
+
+
+def test_replica_equals_the_same_seed_alone():
+    kw = dict(epochs=30, eval_every=10, n_train=200, n_test=100, batch_size=25)
+    many = train_replicas(range(0, 9), **kw)
+    alone = train_replicas([7], **kw)
+    for name in METRICS:
+        got, want = getattr(many, name)[7], getattr(alone, name)[0]
+        assert (got - want).abs().max().item() <= 1e-5, name
+    for key, value in alone.state.items():
+        assert (many.state[key][7] - value[0]).abs().max().item() <= 1e-6, key
+
+
+def test_uneven_last_batch_and_pm1_encoding():
+    res = train_replicas(
+        [1, 2],
+        epochs=3,
+        eval_every=2,
+        n_train=110,
+        n_test=30,
+        batch_size=25,
+        encoding="pm1",
+        activations=("relu", "tanh", "sigmoid"),
+    )
+    assert res.eval_epochs.tolist() == [0, 2, 3]
+    assert res.train_loss.shape == (2, 3) and torch.isfinite(res.train_loss).all()
+
+
+def test_diverging_replica_is_frozen_and_the_others_go_on():
+    kw = dict(epochs=20, eval_every=5, n_train=200, n_test=100)
+    res = train_replicas([0, 1, 2], lr=[0.01, 1e4, 0.01], **kw)
+    ref = train_replicas([0, 2], lr=0.01, **kw)
+    assert res.diverged.tolist() == [False, True, False]
+    assert res.diverged_epoch[1] >= 1 and res.diverged_epoch[0] == -1
+    assert torch.isnan(res.test_acc[1, -1])
+    for name in METRICS:
+        torch.testing.assert_close(getattr(res, name)[[0, 2]], getattr(ref, name))
+
+
+def test_workers_shard_and_merge_in_seed_order():
+    kw = dict(epochs=10, eval_every=5, n_train=100, n_test=50)
+    one = train_replicas([4, 5, 6], workers=1, **kw)
+    two = train_replicas([4, 5, 6], workers=2, **kw)
+    assert two.seeds == [4, 5, 6]
+    for name in METRICS:
+        torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=0, atol=1e-6)
+
+
+def test_eval_points_always_include_the_last_epoch():
+    assert eval_epochs_for(25, 10).tolist() == [0, 10, 20, 25]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=0.0), r"lr=0.0 is not accepted; expected finite values > 0"),
+        (dict(batch_size=0), r"batch_size=0 is not accepted; expected an integer in \[1, 1000\]"),
+        (dict(activations=("tanh",)), r"expected one activation per hidden layer \(3\)"),
+        (dict(init="he"), r"init='he' is not accepted; expected one of torch, xavier, normal"),
+    ],
+)
+def test_bad_values_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train_replicas([0], epochs=1, **kwargs)
