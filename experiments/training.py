@@ -197,6 +197,7 @@ def _train_shard(
     )
     loss_fn = mt.LOSSES[loss](replicas=R)
     opt = mt.SGD(model.params(), rates.clone())
+    fused = mt.FusedMLPStep(model, loss_fn, opt)
     shufflers = [mt.seeded_generator(s, "shuffle") for s in seeds]
     points = eval_epochs_for(epochs, eval_every)
     E = len(points)
@@ -232,12 +233,12 @@ def _train_shard(
         yb = y_flat.index_select(0, idx.reshape(-1)).view(n_full, R, batch_size, OUT_FEATURES)
         epoch_loss.zero_()
         for s in range(n_full):
-            _step(model, loss_fn, opt, xb[s], yb[s], epoch_loss)
+            fused.step(xb[s], yb[s], epoch_loss)
         if n_full * batch_size < n_train:  # the last, smaller batch
             rest = flat[:, n_full * batch_size :].reshape(-1)
             rx = x_flat.index_select(0, rest).view(R, -1, IN_FEATURES)
             ry = y_flat.index_select(0, rest).view(R, -1, OUT_FEATURES)
-            _step(model, loss_fn, opt, rx, ry, epoch_loss)
+            fused.step(rx, ry, epoch_loss)
         bad = ~torch.isfinite(epoch_loss)
         if bool(bad.any()):
             new = bad & ~diverged
@@ -272,11 +273,3 @@ def _train_shard(
         state=state,
         timings=timings,
     )
-
-
-def _step(model, loss_fn, opt, x: Tensor, y: Tensor, epoch_loss: Tensor) -> None:
-    out = model.forward(x)
-    epoch_loss.add_(loss_fn.forward(out, y))
-    opt.zero_grad()
-    model.backward(loss_fn.backward())
-    opt.step()

@@ -4,6 +4,7 @@ No torch.autograd, torch.nn or torch.optim inside: every module computes its own
 """
 
 from minitorch.activations import ACTIVATIONS, ReLU, Sigmoid, Tanh
+from minitorch.fused import FusedMLPStep
 from minitorch.init import INIT_SCHEMES, init_linear, seeded_generator
 from minitorch.linear import Linear
 from minitorch.losses import LOSSES, MAE, MSE, Loss
@@ -13,6 +14,7 @@ from minitorch.optim import SGD
 
 __all__ = [
     "ACTIVATIONS",
+    "FusedMLPStep",
     "INIT_SCHEMES",
     "LOSSES",
     "MAE",

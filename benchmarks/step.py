@@ -1,0 +1,116 @@
+"""One training epoch of the report's model, side by side: torch.nn + autograd vs minitorch.
+
+An epoch is 40 steps of batch 25 (1000 points) of the 2-25-25-25-2 Tanh model with MSE and SGD.
+Everything is measured in this one process, as medians of repeated blocks, at 1 and 2 threads:
+
+  torch.nn     torch.nn.Sequential + autograd + torch.optim.SGD, one model
+  modules      minitorch Sequential.forward/backward + SGD.step, one model
+  fused        minitorch FusedMLPStep (the harness's path), one model
+  fused R=k    FusedMLPStep on k replicas at once; reported per replica-epoch
+
+Run: python benchmarks/step.py [--repeats 7] [--threads 1 2] [--replicas 1 10 110 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import minitorch as mt
+
+SIZES = (2, 25, 25, 25, 2)
+STEPS, BATCH = 40, 25
+
+
+def epoch_torch_nn():
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:], strict=False)):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(SIZES) - 2:
+            layers.append(torch.nn.Tanh())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    crit = torch.nn.MSELoss()
+    x, y = torch.rand(STEPS, BATCH, 2), torch.rand(STEPS, BATCH, 2)
+
+    def run():
+        with torch.enable_grad():
+            for s in range(STEPS):
+                opt.zero_grad()
+                crit(model(x[s]), y[s]).backward()
+                opt.step()
+
+    return run
+
+
+def epoch_minitorch(replicas: int | None, fused: bool):
+    gen = [mt.seeded_generator(s, "init") for s in range(replicas or 1)]
+    model = mt.mlp(SIZES, ("tanh",) * 3, replicas=replicas, generator=gen if replicas else gen[0])
+    loss = mt.MSE(replicas=replicas)
+    opt = mt.SGD(model.params(), 0.01)
+    lead = () if replicas is None else (replicas,)
+    x = torch.rand(STEPS, *lead, BATCH, 2)
+    y = torch.rand(STEPS, *lead, BATCH, 2)
+    step = mt.FusedMLPStep(model, loss, opt).step
+
+    def run_fused():
+        for s in range(STEPS):
+            step(x[s], y[s])
+
+    def run_modules():
+        for s in range(STEPS):
+            loss(model(x[s]), y[s])
+            opt.zero_grad()
+            model.backward(loss.backward())
+            opt.step()
+
+    return run_fused if fused else run_modules
+
+
+def median_ms(run, repeats: int, min_block_s: float = 0.2) -> float:
+    """Median over `repeats` blocks of one epoch's time in ms; blocks last >= min_block_s."""
+    run()  # warm-up: buffers, caches
+    t = time.perf_counter()
+    run()
+    per = max(time.perf_counter() - t, 1e-6)
+    n = max(1, int(min_block_s / per))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(n):
+            run()
+        times.append((time.perf_counter() - t) / n * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 10, 110, 1000])
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    print(f"torch {torch.__version__}; epoch = {STEPS} steps x batch {BATCH}; model {SIZES} Tanh")
+    print(f"median of {args.repeats} blocks; ms per epoch (per replica-epoch for R > 1 rows)\n")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        base = median_ms(epoch_torch_nn(), args.repeats)
+        rows = [("torch.nn + autograd", base, 1)]
+        rows.append(("minitorch modules", median_ms(epoch_minitorch(None, False), args.repeats), 1))
+        rows.append(("minitorch fused", median_ms(epoch_minitorch(None, True), args.repeats), 1))
+        for r in args.replicas:
+            ms = median_ms(epoch_minitorch(r, True), args.repeats)
+            rows.append((f"minitorch fused R={r}", ms / r, r))
+        print(f"threads={threads}")
+        print(f"  {'variant':<26}{'ms/epoch':>10}{'x torch.nn':>12}{'speed-up':>10}")
+        for name, ms, _ in rows:
+            print(f"  {name:<26}{ms:>10.3f}{ms / base:>12.3f}{base / ms:>9.1f}x")
+        print()
+
+
+if __name__ == "__main__":
+    main()
