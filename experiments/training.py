@@ -80,9 +80,11 @@ def _per_replica_lr(lr: float | Sequence[float], n: int) -> Tensor:
     return torch.tensor(rates, dtype=torch.float32)
 
 
-def evaluate(model: mt.Module, loss_fn: mt.Loss, data: DiskData) -> tuple[Tensor, Tensor]:
+def evaluate(
+    model: mt.Module | mt.FusedMLPStep, loss_fn: mt.Loss, data: DiskData
+) -> tuple[Tensor, Tensor]:
     """Per-replica loss and accuracy on a whole set; the predicted class is the larger logit."""
-    out = model(data.x)
+    out = model.forward(data.x)
     loss = loss_fn(out, data.targets)
     # Comparing the two logits is argmax for two classes (ties go to class 0, as argmax).
     pred = (out[..., 1] > out[..., 0]).long()
@@ -214,8 +216,8 @@ def _train_shard(
 
     def record(k: int) -> None:
         t = time.perf_counter()
-        tr_loss, tr_acc = evaluate(model, loss_fn, train)
-        te_loss, te_acc = evaluate(model, loss_fn, test)
+        tr_loss, tr_acc = evaluate(fused, loss_fn, train)
+        te_loss, te_acc = evaluate(fused, loss_fn, test)
         metrics[:, :, k] = torch.stack([tr_loss, te_loss, tr_acc, te_acc])
         if diverged.any():
             metrics[:, diverged, k] = float("nan")

@@ -45,6 +45,7 @@ def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name):
     # The model itself stays usable: the fused path shares its tensors.
     x = torch.rand(*lead, 4, 2, generator=gen, dtype=dtype)
     assert (model(x) - ref_model(x)).abs().max().item() <= tol
+    assert (fused.forward(x) - ref_model(x)).abs().max().item() <= tol
 
 
 def test_fused_refuses_other_shapes():
