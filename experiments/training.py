@@ -212,7 +212,7 @@ def _train_shard(
     y_flat = train.targets.reshape(R * n_train, OUT_FEATURES)
     offsets = (torch.arange(R) * n_train).unsqueeze(1)
     n_full = n_train // batch_size
-    epoch_loss = torch.zeros(R)
+    params = [p for p, _ in model.params()]
 
     def record(k: int) -> None:
         t = time.perf_counter()
@@ -225,6 +225,7 @@ def _train_shard(
 
     record(0)
     k = 1
+    eval_at = points.tolist()
     t_train = time.perf_counter()
     for epoch in range(1, epochs + 1):
         perm = torch.stack([torch.randperm(n_train, generator=g) for g in shufflers])
@@ -233,15 +234,17 @@ def _train_shard(
         idx = flat[:, : n_full * batch_size].reshape(R, n_full, batch_size).transpose(0, 1)
         xb = x_flat.index_select(0, idx.reshape(-1)).view(n_full, R, batch_size, IN_FEATURES)
         yb = y_flat.index_select(0, idx.reshape(-1)).view(n_full, R, batch_size, OUT_FEATURES)
-        epoch_loss.zero_()
         for s in range(n_full):
-            fused.step(xb[s], yb[s], epoch_loss)
+            fused.step(xb[s], yb[s])
         if n_full * batch_size < n_train:  # the last, smaller batch
             rest = flat[:, n_full * batch_size :].reshape(-1)
             rx = x_flat.index_select(0, rest).view(R, -1, IN_FEATURES)
             ry = y_flat.index_select(0, rest).view(R, -1, OUT_FEATURES)
-            fused.step(rx, ry, epoch_loss)
-        bad = ~torch.isfinite(epoch_loss)
+            fused.step(rx, ry)
+        # A non-finite loss makes the gradients, hence the parameters, non-finite at once; one
+        # check per epoch on per-replica parameter sums (which propagate inf/nan) finds it. (A
+        # sum can also overflow for weights near 1e37: such a replica is diverging anyway.)
+        bad = ~torch.isfinite(torch.stack([p.flatten(1).sum(1) for p in params]).sum(0))
         if bool(bad.any()):
             new = bad & ~diverged
             if bool(new.any()):
@@ -253,7 +256,7 @@ def _train_shard(
                     opt.set_lr(rates.clone())
                 for p, _ in model.params():
                     p[new] = float("nan")
-        if epoch == int(points[k]):
+        if epoch == eval_at[k]:
             timings["train"] += time.perf_counter() - t_train
             record(k)
             k += 1
