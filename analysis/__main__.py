@@ -1,0 +1,155 @@
+"""``python -m analysis`` / ``minitorch-analysis``: bootstrap a study and write its report.
+
+Prints the table "this study vs the report" and the path of report.md on stdout; progress on
+stderr. Bad input ends with one paragraph on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from analysis.errors import AnalysisError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an integer (e.g. 1000000 or 1e6)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments; defaults follow the report (10^6 resamples of 100, 99%)."""
+    p = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description=(
+            "Bootstrap confidence intervals for a study's final test accuracy, figures, and a "
+            "report side by side with the published one. Without a selection: the latest run "
+            "tagged mtl.study=report."
+        ),
+    )
+    sel = p.add_argument_group("selection (default: latest study tagged mtl.study=report)")
+    sel.add_argument("--experiment", help="MLflow experiment name (report, grid, quick, ...)")
+    sel.add_argument("--run-id", help="a sweep or job run id: analyse all its replica runs")
+    sel.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="tag filter, repeatable (e.g. --tag mtl.study=grid)",
+    )
+    sel.add_argument(
+        "--all",
+        action="store_true",
+        help="use every matching study, not only the latest one",
+    )
+    sel.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/runs/mlflow.db)",
+    )
+    bs = p.add_argument_group("bootstrap")
+    bs.add_argument(
+        "--n-resamples",
+        type=_positive_int,
+        default=1_000_000,
+        help="resamples for both methods (default 10^6, as the report)",
+    )
+    bs.add_argument(
+        "--resample-size",
+        type=_positive_int,
+        default=None,
+        help="m of the report's m-out-of-n method (default 100, or n if fewer runs)",
+    )
+    bs.add_argument("--confidence", type=float, default=0.99, help="interval level (0.99)")
+    bs.add_argument(
+        "--method",
+        default="BCa",
+        choices=["BCa", "percentile", "basic"],
+        help="interval of the standard (scipy, n-out-of-n) bootstrap",
+    )
+    bs.add_argument("--seed", type=int, default=0, help="seed of the resampling (0)")
+    bs.add_argument(
+        "--grid-resamples",
+        type=_positive_int,
+        default=10_000,
+        help="resamples per configuration when ranking a grid",
+    )
+    out = p.add_argument_group("output")
+    out.add_argument("--name", help="report name (default <study>-<run id[:8]>)")
+    out.add_argument("--out", type=Path, help="reports directory (default <repo>/runs/reports)")
+    out.add_argument(
+        "--curves",
+        choices=["artifact", "metrics"],
+        default="artifact",
+        help="read curves from curves.csv artifacts (faster) or step metrics",
+    )
+    out.add_argument("--no-mlflow", action="store_true", help="do not log the analysis run")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    # Imported here so that --help answers without loading mlflow/scipy/matplotlib (~2 s).
+    from analysis.collect import load_study, parse_tags
+    from analysis.report import Options, analyse
+
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not 0 < args.confidence < 1:
+            raise AnalysisError(
+                f"--confidence {args.confidence} must be strictly between 0 and 1 (e.g. 0.99)."
+            )
+        study = load_study(
+            args.tracking_uri,
+            experiment=args.experiment,
+            run_id=args.run_id,
+            tags=parse_tags(args.tag),
+            all_runs=args.all,
+            curves=args.curves,
+            verbose=not args.quiet,
+        )
+        opts = Options(
+            name=args.name,
+            out=args.out,
+            n_resamples=args.n_resamples,
+            resample_size=args.resample_size,
+            confidence=args.confidence,
+            method=args.method,
+            seed=args.seed,
+            grid_resamples=args.grid_resamples,
+            log_to_mlflow=not args.no_mlflow,
+            verbose=not args.quiet,
+            command=shlex.join(["python", "-m", "analysis", *argv_list]),
+        )
+        result = analyse(study, opts)
+    except AnalysisError as e:
+        print(f"minitorch-analysis: error: {e}", file=sys.stderr)
+        return 2
+    c = result.summary["counts"]
+    s = result.summary
+    print(f"\nThis study ({s['study']}; {s['headline']}) vs the report:\n")
+    print(result.table)
+    print(
+        f"\nruns: {c['replica_runs']} replica, {c['used']} used, {c['diverged']} diverged, "
+        f"{c['failed'] + c['killed'] + c['unfinished']} failed/killed/unfinished, "
+        f"{c['failed_jobs']} failed job(s)"
+    )
+    if result.analysis_run_id:
+        print(f"MLflow analysis run: {result.analysis_run_id}")
+    print(f"report: {result.report_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
