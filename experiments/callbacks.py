@@ -1,0 +1,232 @@
+"""The Hydra callback that hangs every job of a multirun under one MLflow "sweep" run.
+
+on_multirun_start checks every job's config (basic sweeper), checks the store, creates the
+experiment and the sweep run, and tells the jobs its id twice: in the environment (inherited
+by joblib/submitit worker processes, which start after this) and in a file in the sweep dir
+(found by jobs on other machines, e.g. SLURM). on_multirun_end logs the best job and ends the
+run FINISHED; if the multirun dies first, `end_active_sweep` (from main, or atexit) ends it
+FAILED or KILLED. Nothing from MLflow is imported until a multirun starts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SWEEP_ENV = "MTL_SWEEP_RUN_ID"
+SWEEP_FILE = "mlflow_sweep.json"
+MAX_JOBS_TO_PRECHECK = 2000
+
+# (tracker, run_id) of the sweep run this process opened and has not ended yet.
+_active: dict[str, Any] = {}
+
+
+def sweep_run_id_for(sweep_dir: str | None) -> str | None:
+    """The sweep run a multirun job belongs to: the sweep dir's file, else the environment."""
+    if sweep_dir:
+        path = Path(sweep_dir) / SWEEP_FILE
+        if path.is_file():
+            try:
+                return str(json.loads(path.read_text())["run_id"])
+            except (OSError, ValueError, KeyError):
+                pass
+    return os.environ.get(SWEEP_ENV) or None
+
+
+def end_active_sweep(status: str, error: str | None = None) -> None:
+    """End the open sweep run (FAILED/KILLED) when the multirun stops before its end."""
+    tracker, run_id = _active.pop("tracker", None), _active.pop("run_id", None)
+    if tracker is None:
+        return
+    try:
+        if error:
+            tracker.client.set_tag(run_id, "mtl.error", error[:5000])
+        _log_summary(tracker, run_id)
+        tracker.end_run(run_id, status)
+    except Exception as exc:
+        log.error("could not end sweep run %s: %s", run_id, exc)
+    os.environ.pop(SWEEP_ENV, None)
+
+
+def _at_exit() -> None:
+    end_active_sweep("FAILED", "the multirun stopped before on_multirun_end")
+
+
+def _task(config: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+
+
+def _job_overrides(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides, as the basic sweeper will expand them (None for other sweepers)."""
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _swept_axes(config: DictConfig) -> dict[str, str]:
+    """key -> the values it is swept over, from hydra.sweeper.params and the command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return {}
+    return {
+        o.get_key_element(): o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()
+    }
+
+
+def _precheck_jobs(config: DictConfig) -> int | None:
+    """Validate every job's config before the sweep run exists; returns the number of jobs."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments.config import ConfigError, validate
+
+    try:
+        jobs = _job_overrides(config)
+        loader = GlobalHydra.instance().config_loader()
+    except Exception as exc:  # the sweeper will report a malformed sweep itself
+        log.debug("no precheck: %s", exc)
+        return None
+    if jobs is None or len(jobs) > MAX_JOBS_TO_PRECHECK:
+        validate(_task(config))
+        return None if jobs is None else len(jobs)
+    for overrides in jobs:
+        job_cfg = loader.load_sweep_config(config, overrides)
+        try:
+            validate(_task(job_cfg))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"In the multirun job with overrides `{' '.join(overrides)}`:\n\n{exc}\n\n"
+                f"Nothing was run and no MLflow run was created."
+            ) from None
+    return len(jobs)
+
+
+def _log_summary(tracker: Any, run_id: str) -> None:
+    """The sweep's jobs found in the store: how many, and the best by final mean test accuracy."""
+    from mlflow.entities import Metric
+
+    from experiments.tracking import now_ms, retry
+
+    jobs = retry(
+        tracker.client.search_runs,
+        [tracker.experiment_id],
+        filter_string=f"tags.`mtl.sweep_run_id` = '{run_id}' and tags.`mtl.kind` = 'job'",
+        max_results=10000,
+    )
+    done = [j for j in jobs if j.info.status == "FINISHED"]
+    scored = [
+        j
+        for j in done
+        if j.data.metrics.get("test_acc_mean") == j.data.metrics.get("test_acc_mean")
+    ]
+    ts = now_ms()
+    metrics = [
+        Metric("n_jobs", float(len(jobs)), ts, 0),
+        Metric("n_jobs_finished", float(len(done)), ts, 0),
+    ]
+    tags = {}
+    if scored:
+        best = max(scored, key=lambda j: j.data.metrics["test_acc_mean"])
+        metrics.append(Metric("best_test_acc_mean", best.data.metrics["test_acc_mean"], ts, 0))
+        tags = {
+            "mtl.best_job_run_id": best.info.run_id,
+            "mtl.best_job_overrides": best.data.tags.get("mtl.overrides", ""),
+        }
+    tracker.log_batch(run_id, metrics, tags=tags)
+
+
+class MlflowSweepCallback(Callback):
+    """Opens the sweep run at on_multirun_start and closes it at on_multirun_end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings and goes on; a refused config or
+        # an unusable store must stop the multirun instead, before any job runs.
+        from experiments.config import ConfigError
+
+        try:
+            self._start(config)
+        except ConfigError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except Exception as exc:
+            end_active_sweep("FAILED", f"{type(exc).__name__}: {exc}")
+            print(f"Error: could not open the MLflow sweep run: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    def _start(self, config: DictConfig) -> None:
+        from experiments.config import flatten
+        from experiments.tracking import (
+            Tracker,
+            check_tracking_uri,
+            command_line,
+            git_info,
+            resolve_uri,
+        )
+
+        n_jobs = _precheck_jobs(config)
+        task = _task(config)
+        uri = resolve_uri(task.tracking.uri)
+        check_tracking_uri(uri, task.tracking.server_timeout_s)
+        tracker = Tracker(uri, task.tracking.experiment)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        overrides = list(config.hydra.overrides.task)
+        choices = config.hydra.runtime.choices
+        study = choices.get("experiment") or "custom"
+        sha, dirty = git_info()
+        tags = {
+            "mtl.kind": "sweep",
+            "mtl.study": study,
+            "mtl.git_commit": sha,
+            "mtl.git_dirty": str(dirty).lower(),
+            "mlflow.source.git.commit": sha,
+            "mtl.command": command_line(overrides, multirun=True),
+            "mtl.overrides": " ".join(overrides),
+            "mtl.sweep_dir": str(sweep_dir),
+            "mtl.launcher": str(choices.get("hydra/launcher", "")),
+        }
+        run_id = tracker.start_run(f"sweep {study} {sweep_dir.name}", tags)
+        _active.update(tracker=tracker, run_id=run_id)
+        atexit.register(_at_exit)
+        # What the sweep varies, as params: the UI lists sweeps with their axes.
+        swept = _swept_axes(config)
+        params = {f"sweep.{k}": v for k, v in swept.items()}
+        params.update({k: v for k, v in flatten(task).items() if k != "seed" and k not in swept})
+        tracker.log_batch(run_id, params=params, tags={"mtl.n_jobs": str(n_jobs or "")})
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_FILE).write_text(
+            json.dumps(
+                {"run_id": run_id, "tracking_uri": uri, "experiment_id": tracker.experiment_id}
+            )
+        )
+        os.environ[SWEEP_ENV] = run_id
+        log.info("MLflow sweep run %s (%s, experiment %r)", run_id, uri, task.tracking.experiment)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        tracker, run_id = _active.pop("tracker", None), _active.pop("run_id", None)
+        if tracker is None:
+            return
+        try:
+            _log_summary(tracker, run_id)
+        finally:
+            tracker.end_run(run_id, "FINISHED")
+            os.environ.pop(SWEEP_ENV, None)

@@ -1,0 +1,168 @@
+"""What a job writes to MLflow: one run per replica and the job's aggregate, from a TrainResult.
+
+Replica run: params = flattened config + its own seed; metrics = the four curves (step =
+epoch), their final values, diverged, diverged_epoch; artifacts = config.yaml, curves.csv,
+weights.pt, figures/loss.png, figures/accuracy.png. Job run: mean/std/min/max of the final
+test accuracy over the replicas that did not diverge, n_replicas, n_diverged, mean curves.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.entities import Metric
+
+from experiments.plots import ReplicaFigures
+from experiments.tracking import Tracker, now_ms
+from experiments.training import TrainResult
+
+CURVES = ("train_loss", "test_loss", "train_acc", "test_acc")
+
+
+def curves_of(result: TrainResult) -> dict[str, np.ndarray]:
+    """epoch [E] and the four metrics [R, E] as numpy arrays."""
+    out = {"epoch": result.eval_epochs.numpy()}
+    out.update({k: getattr(result, k).double().numpy() for k in CURVES})
+    return out
+
+
+def curves_csv(curves: Mapping[str, np.ndarray], r: int) -> str:
+    """Replica r's curves at full float64 precision, columns epoch + CURVES."""
+    lines = ["epoch," + ",".join(CURVES)]
+    columns = [curves[k][r] for k in CURVES]
+    for i, epoch in enumerate(curves["epoch"]):
+        lines.append(f"{int(epoch)}," + ",".join(repr(float(c[i])) for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+def replica_metrics(curves: Mapping[str, np.ndarray], result: TrainResult, r: int) -> list[Metric]:
+    """All of replica r's metric values, one Metric each, to be sent in batches."""
+    ts = now_ms()
+    epochs = [int(e) for e in curves["epoch"]]
+    last = epochs[-1]
+    out = [
+        Metric(key, float(v), ts, e)
+        for key in CURVES
+        for e, v in zip(epochs, curves[key][r].tolist(), strict=True)
+    ]
+    out += [Metric(f"final_{key}", float(curves[key][r][-1]), ts, last) for key in CURVES]
+    out.append(Metric("diverged", float(bool(result.diverged[r])), ts, last))
+    out.append(Metric("diverged_epoch", float(int(result.diverged_epoch[r])), ts, last))
+    return out
+
+
+def job_metrics(curves: Mapping[str, np.ndarray], result: TrainResult) -> list[Metric]:
+    """Aggregate over replicas: final test accuracy stats over the non-diverged ones, and the
+    mean curves (step = epoch) so the UI can overlay the jobs of a sweep."""
+    ts = now_ms()
+    ok = ~result.diverged.numpy()
+    epochs = [int(e) for e in curves["epoch"]]
+    last = epochs[-1]
+    final = curves["test_acc"][ok, -1]
+    nan = float("nan")
+    out = []
+    for key in CURVES:
+        mean = curves[key][ok].mean(axis=0) if ok.any() else np.full(len(epochs), nan)
+        out += [
+            Metric(f"{key}_mean", float(v), ts, e)
+            for e, v in zip(epochs, mean.tolist(), strict=True)
+        ]
+    stats = {
+        "test_acc_std": float(final.std(ddof=1))
+        if final.size > 1
+        else (0.0 if final.size else nan),
+        "test_acc_min": float(final.min()) if final.size else nan,
+        "test_acc_max": float(final.max()) if final.size else nan,
+        "n_replicas": float(len(result.seeds)),
+        "n_diverged": float(int(result.diverged.sum())),
+    }
+    out += [Metric(k, v, ts, last) for k, v in stats.items()]
+    return out
+
+
+def final_test_acc_mean(result: TrainResult) -> float:
+    """The value a sweeper optimises: mean final test accuracy of the non-diverged replicas."""
+    ok = ~result.diverged
+    return float(result.test_acc[ok, -1].mean()) if bool(ok.any()) else math.nan
+
+
+def log_replicas(
+    tracker: Tracker,
+    result: TrainResult,
+    *,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    job_run_id: str,
+    replica_yaml: Callable[[int], str],
+    start_time: int,
+    figures: bool = True,
+    weights: bool = True,
+    dpi: int = 80,
+) -> dict[str, float]:
+    """Create, fill and finish one run per replica under the job run; returns timings (s)."""
+    t0 = time.perf_counter()
+    curves = curves_of(result)
+    seeds = result.seeds
+    run_ids = []
+    for r, seed in enumerate(seeds):
+        diverged = bool(result.diverged[r])
+        run_ids.append(
+            tracker.start_run(
+                f"seed {seed}",
+                {
+                    **tags,
+                    "mtl.kind": "replica",
+                    "mtl.job_run_id": job_run_id,
+                    "mtl.seed": str(seed),
+                    "mtl.diverged": "true" if diverged else "false",
+                },
+                parent_run_id=job_run_id,
+                start_time=start_time,
+            )
+        )
+    t1 = time.perf_counter()
+    tracker.bulk_log(
+        {
+            run_id: (replica_metrics(curves, result, r), {**params, "seed": str(seeds[r])})
+            for r, run_id in enumerate(run_ids)
+        }
+    )
+    t2 = time.perf_counter()
+    plots = ReplicaFigures(curves, ~result.diverged.numpy(), dpi) if figures else None
+    t_fig = 0.0
+    with tempfile.TemporaryDirectory(prefix="mtl-artifacts-") as tmp:
+        for r, run_id in enumerate(run_ids):
+            folder = Path(tmp) / run_id
+            folder.mkdir()
+            (folder / "config.yaml").write_text(replica_yaml(seeds[r]))
+            (folder / "curves.csv").write_text(curves_csv(curves, r))
+            if weights:
+                torch.save(
+                    {k: v[r].clone() for k, v in result.state.items()}, folder / "weights.pt"
+                )
+            if plots is not None:
+                tf = time.perf_counter()
+                label = f"seed {seeds[r]}"
+                if bool(result.diverged[r]):
+                    label += f", diverged at epoch {int(result.diverged_epoch[r])}"
+                plots.save(folder / "figures", curves, r, label)
+                t_fig += time.perf_counter() - tf
+            tracker.client.log_artifacts(run_id, str(folder))
+    t3 = time.perf_counter()
+    for run_id in run_ids:
+        tracker.end_run(run_id, "FINISHED")
+    t4 = time.perf_counter()
+    return {
+        "create": t1 - t0,
+        "metrics": t2 - t1,
+        "artifacts": t3 - t2 - t_fig,
+        "figures": t_fig,
+        "finish": t4 - t3,
+        "bulk": float(tracker.bulk_used),
+    }

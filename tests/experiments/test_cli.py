@@ -1,0 +1,78 @@
+"""The app from the command line: bad values exit 2 with one message, before any run or data."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.experiments.conftest import run_app
+
+# (override, text the message must contain)
+CASES = {
+    "lr": ("optim.lr=0", "optim.lr=0.0 is not accepted"),
+    "batch_size_zero": ("trainer.batch_size=0", "trainer.batch_size=0 is not accepted"),
+    "batch_size_big": ("trainer.batch_size=5000", "from 1 to data.n_train=200"),
+    "epochs": ("trainer.epochs=0", "trainer.epochs=0 is not accepted"),
+    "eval_every": ("trainer.eval_every=0", "trainer.eval_every=0 is not accepted"),
+    "replicas": ("replicas=-1", "replicas=-1 is not accepted"),
+    "activation": ("model.act1=swish", "model.act1='swish' is not accepted"),
+    "init": ("model.init=he", "model.init='he' is not accepted"),
+    "activations_length": ("model.hidden=[25,25]", "has 3 entries but model.hidden=[25, 25]"),
+    "unknown_key": ("foo=1", "Key 'foo' not in 'Config'"),
+    "unknown_key_plus": ("+foo=1", "foo is not a key of this app's config"),
+    "wrong_type": ("optim.lr=fast", "optim.lr"),
+    "multirun_job": ("-m optim.lr=0.01,-1", "In the multirun job with overrides"),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case run at once (each is a few seconds of imports), keyed like CASES."""
+    base = tmp_path_factory.mktemp("cli")
+
+    def one(item):
+        name, (override, _) = item
+        tmp = base / name
+        tmp.mkdir()
+        args = [*override.split(), "experiment=quick", f"tracking.uri=sqlite:///{tmp}/mlflow.db"]
+        return name, tmp, run_app(tmp, *args, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return {name: (tmp, proc) for name, tmp, proc in pool.map(one, CASES.items())}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_value_exits_2_with_one_message(outcomes, name):
+    tmp, proc = outcomes[name]
+    expected = CASES[name][1]
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    # Nothing was trained or logged: no store, no run.
+    assert not (Path(tmp) / "mlflow.db").exists()
+
+
+def test_unreachable_server_is_a_clear_error_before_training(tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    proc = run_app(
+        tmp_path, "experiment=quick", f"tracking.uri={uri}", "tracking.server_timeout_s=2"
+    )
+    assert proc.returncode == 2
+    assert f"tracking.uri='{uri}': the MLflow server does not answer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "training 3 replicas" not in proc.stdout
+
+
+def test_file_store_is_refused(tmp_path):
+    proc = run_app(tmp_path, "experiment=quick", f"tracking.uri={tmp_path}/mlruns")
+    assert proc.returncode == 2
+    assert "is a file store" in proc.stderr and "sqlite:///" in proc.stderr

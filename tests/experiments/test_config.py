@@ -1,0 +1,167 @@
+"""Configs compose; a bad value is refused with a message naming key, value and what is accepted."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from experiments.callbacks import _job_overrides
+from experiments.config import ConfigError, config_hash, flatten, validate
+from tests.experiments.conftest import CONF, compose_cfg
+
+PRESETS = ["report", "grid", "grid_full", "quick"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_validates(preset):
+    cfg = compose_cfg(f"experiment={preset}")
+    validate(cfg)
+    assert cfg.tracking.experiment == {"grid_full": "grid"}.get(preset, preset)
+    assert len(cfg.model.activations) == len(cfg.model.hidden) == 3
+
+
+def test_accepted_names_are_minitorchs():
+    import minitorch as mt
+    from experiments import config
+    from experiments.data import ENCODINGS
+
+    assert set(config.ACTIVATIONS) == set(mt.ACTIVATIONS)
+    assert set(config.INIT_SCHEMES) == set(mt.INIT_SCHEMES)
+    assert set(config.LOSSES) == set(mt.LOSSES)
+    assert set(config.ENCODINGS) == set(ENCODINGS)
+
+
+def test_default_config_validates():
+    cfg = compose_cfg()
+    validate(cfg)
+    assert cfg.replicas == 1 and cfg.trainer.threads == 1 and cfg.tracking.uri is None
+
+
+def test_report_preset_is_the_reports_final_model():
+    cfg = compose_cfg("experiment=report")
+    assert list(cfg.model.activations) == ["tanh", "tanh", "tanh"]
+    assert list(cfg.model.hidden) == [25, 25, 25]
+    assert (cfg.optim.lr, cfg.trainer.batch_size, cfg.trainer.epochs) == (0.01, 25, 4000)
+    assert (cfg.replicas, cfg.seed, cfg.trainer.eval_every) == (110, 0, 10)
+    assert cfg.model.loss == "mse" and cfg.data.n_train == cfg.data.n_test == 1000
+
+
+def test_quick_preset_is_small():
+    cfg = compose_cfg("experiment=quick")
+    assert cfg.replicas == 3 and cfg.trainer.epochs <= 50 and cfg.data.n_train <= 200
+
+
+@pytest.mark.parametrize(("preset", "n_jobs"), [("grid", 100), ("grid_full", 540)])
+def test_grid_presets_expand_to_their_stated_size(preset, n_jobs):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+        jobs = _job_overrides(cfg)
+        assert len(jobs) == n_jobs
+        # The last job of each grid, composed as its launcher will: the activations arrive.
+        loader = GlobalHydra.instance().config_loader()
+        last = loader.load_sweep_config(cfg, jobs[-1])
+        assert last.trainer.batch_size == 100 and last.optim.lr == 0.1
+        want = ["tanh", "tanh", "relu"] if preset == "grid" else ["sigmoid"] * 3
+        assert list(last.model.activations) == want
+
+
+def test_slurm_launcher_preset_composes():
+    cfg = compose_cfg("hydra/launcher=slurm", "hydra.launcher.partition=cpu", hydra_node=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task) == ("cpu", 60, 1)
+
+
+def test_per_layer_activation_overrides_fill_the_list():
+    cfg = compose_cfg("model.act1=relu", "model.act3=sigmoid")
+    assert list(cfg.model.activations) == ["relu", "tanh", "sigmoid"]
+    assert flatten(cfg)["model.activations"] == "relu,tanh,sigmoid"
+    assert "model.act1" not in flatten(cfg)
+
+
+def test_flatten_and_hash():
+    cfg = compose_cfg("experiment=quick")
+    flat = flatten(cfg)
+    assert flat["model.hidden"] == "25,25,25" and flat["optim.lr"] == "0.01"
+    assert flat["seed"] == "0" and flat["replicas"] == "3"
+    # Seed, replicas, threads and tracking do not change the hash; the model does.
+    same = compose_cfg(
+        "experiment=quick", "seed=5", "replicas=9", "trainer.threads=2", "tracking.experiment=x"
+    )
+    other = compose_cfg("experiment=quick", "optim.lr=0.02")
+    assert config_hash(cfg) == config_hash(same) != config_hash(other)
+    assert len(config_hash(cfg)) == 12
+
+
+BAD = [
+    ("optim.lr=0", "optim.lr=0.0", "> 0"),
+    ("optim.lr=-0.1", "optim.lr=-0.1", "> 0"),
+    ("trainer.batch_size=0", "trainer.batch_size=0", "from 1 to data.n_train=1000"),
+    ("trainer.batch_size=1001", "trainer.batch_size=1001", "from 1 to data.n_train=1000"),
+    ("trainer.epochs=0", "trainer.epochs=0", "> 0"),
+    ("trainer.eval_every=-1", "trainer.eval_every=-1", "> 0"),
+    ("replicas=0", "replicas=0", ">= 1"),
+    ("model.act2=softmax", "model.act2='softmax'", "relu, tanh, sigmoid"),
+    (
+        "model.activations=[tanh,gelu,tanh]",
+        "model.activations=['tanh', 'gelu', 'tanh']",
+        "relu, tanh, sigmoid",
+    ),
+    ("model.init=kaiming", "model.init='kaiming'", "torch, xavier, normal"),
+    (
+        "model.activations=[tanh,tanh]",
+        "has 2 entries but model.hidden=[25, 25, 25] has 3",
+        "one activation per hidden layer",
+    ),
+    ("data.encoding=binary", "data.encoding='binary'", "onehot, pm1"),
+    ("+foo=1", "foo is not a key", "top-level keys are model, optim, data"),
+    ("+model.depth=3", "model.depth is not a key", "top-level keys"),
+]
+
+
+@pytest.mark.parametrize(("override", "names", "accepted"), BAD, ids=[b[0] for b in BAD])
+def test_bad_value_message(override, names, accepted):
+    cfg = compose_cfg(override)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert names in message and accepted in message
+    assert "Traceback" not in message and len(message.split("\n\n")) == 1
+
+
+def test_several_problems_are_reported_together():
+    cfg = compose_cfg("optim.lr=0", "replicas=0")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "optim.lr=0.0" in str(err.value) and "replicas=0" in str(err.value)
+
+
+def test_unknown_key_without_plus_is_refused_by_the_schema():
+    with pytest.raises(ConfigCompositionException, match="foo"):
+        compose_cfg("foo=1")
+
+
+def test_wrong_type_is_refused_by_the_schema():
+    with pytest.raises(ConfigCompositionException, match="optim.lr"):
+        compose_cfg("optim.lr=fast")
+
+
+def test_schema_is_the_base_of_the_config():
+    cfg = compose_cfg()
+    assert OmegaConf.get_type(cfg).__name__ == "Config"
+    assert OmegaConf.get_type(cfg.model).__name__ == "ModelConfig"
+
+
+def test_default_output_dirs_are_under_runs_hydra():
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # the `now` resolver, as in the app
+    cfg = compose_cfg(hydra_node=True)
+    root = CONF.parent / "runs" / "hydra"
+    assert str(cfg.hydra.run.dir).startswith(f"{root}/")
+    assert str(cfg.hydra.sweep.dir).startswith(f"{root}/multirun/")
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "experiments.callbacks.MlflowSweepCallback"

@@ -1,0 +1,307 @@
+"""What a job logs to MLflow, and how its runs end (FINISHED, FAILED, KILLED)."""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from experiments import records, training
+from experiments.tracking import Tracker, retry
+from experiments.train import JobContext, Progress, run
+from tests.experiments.conftest import compose_cfg, run_app, runs_by_kind, sqlite_uri
+
+CURVES = ["train_loss", "test_loss", "train_acc", "test_acc"]
+REPLICA_METRICS = sorted(CURVES + [f"final_{k}" for k in CURVES] + ["diverged", "diverged_epoch"])
+ARTIFACTS = ["config.yaml", "curves.csv", "figures/accuracy.png", "figures/loss.png", "weights.pt"]
+PARAMS = {
+    "model.hidden",
+    "model.activations",
+    "model.init",
+    "model.loss",
+    "optim.name",
+    "optim.lr",
+    "data.name",
+    "data.n_train",
+    "data.n_test",
+    "data.encoding",
+    "trainer.epochs",
+    "trainer.batch_size",
+    "trainer.eval_every",
+    "trainer.threads",
+    "trainer.workers",
+    "trainer.progress",
+    "tracking.uri",
+    "tracking.experiment",
+    "tracking.replica_figures",
+    "tracking.replica_weights",
+    "tracking.figure_dpi",
+    "tracking.server_timeout_s",
+    "seed",
+    "replicas",
+}
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return sorted(out)
+
+
+def _in_process(tmp_path, *overrides: str) -> tuple[float, MlflowClient]:
+    cfg = compose_cfg(
+        "experiment=quick",
+        f"tracking.uri={sqlite_uri(tmp_path)}",
+        "trainer.progress=false",
+        *overrides,
+    )
+    score = run(cfg, JobContext(study="quick", overrides=list(overrides)))
+    return score, MlflowClient(sqlite_uri(tmp_path))
+
+
+def test_quick_run_logs_exactly_the_described_runs(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    proc = run_app(tmp_path, "experiment=quick", f"tracking.uri={uri}")
+    assert proc.returncode == 0, proc.stderr
+    assert "model:" in proc.stdout and "replicas: 3" in proc.stdout  # the config is printed
+    client = MlflowClient(uri)
+    kinds = runs_by_kind(client, "quick")
+    assert sorted(kinds) == ["job", "replica"]
+    (job,) = kinds["job"]
+    replicas = sorted(kinds["replica"], key=lambda r: int(r.data.tags["mtl.seed"]))
+    assert [r.data.params["seed"] for r in replicas] == ["0", "1", "2"]
+
+    assert job.info.status == "FINISHED"
+    assert job.data.tags["mtl.study"] == "quick"
+    assert job.data.tags["mtl.overrides"] == f"experiment=quick tracking.uri={uri}"
+    assert job.data.tags["mtl.command"].startswith("python -m experiments.train experiment=quick")
+    assert job.data.tags["mtl.torch_threads"] == "1"
+    assert len(job.data.tags["mtl.git_commit"]) in (40, len("unknown"))
+    assert "mtl.sweep_run_id" not in job.data.tags and "mlflow.parentRunId" not in job.data.tags
+    assert set(job.data.params) == PARAMS - {"seed"}
+    finals = [r.data.metrics["final_test_acc"] for r in replicas]
+    assert job.data.metrics["test_acc_mean"] == pytest.approx(np.mean(finals))
+    assert job.data.metrics["test_acc_std"] == pytest.approx(np.std(finals, ddof=1))
+    assert job.data.metrics["test_acc_min"] == min(finals)
+    assert job.data.metrics["test_acc_max"] == max(finals)
+    assert (job.data.metrics["n_replicas"], job.data.metrics["n_diverged"]) == (3, 0)
+    for key in ("time_train_s", "time_eval_s", "time_logging_s", "time_startup_s"):
+        assert job.data.metrics[key] >= 0
+    assert _artifacts(client, job.info.run_id) == ["config.yaml"]
+
+    for seed, rep in enumerate(replicas):
+        assert rep.info.status == "FINISHED"
+        tags = rep.data.tags
+        assert tags["mlflow.parentRunId"] == tags["mtl.job_run_id"] == job.info.run_id
+        assert (tags["mtl.kind"], tags["mtl.seed"], tags["mtl.diverged"]) == (
+            "replica",
+            str(seed),
+            "false",
+        )
+        assert tags["mtl.config_hash"] == job.data.tags["mtl.config_hash"]
+        assert set(rep.data.params) == PARAMS
+        assert rep.data.params["model.activations"] == "tanh,tanh,tanh"
+        assert sorted(rep.data.metrics) == REPLICA_METRICS
+        assert _artifacts(client, rep.info.run_id) == ARTIFACTS
+        histories = {k: client.get_metric_history(rep.info.run_id, k) for k in CURVES}
+        for key, history in histories.items():
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 5, 10, 15, 20]
+            assert rep.data.metrics[f"final_{key}"] == rep.data.metrics[key]
+        # curves.csv holds the same numbers at full precision
+        path = client.download_artifacts(rep.info.run_id, "curves.csv", str(tmp_path))
+        table = np.loadtxt(path, delimiter=",", skiprows=1)
+        assert Path(path).read_text().splitlines()[0] == "epoch," + ",".join(CURVES)
+        for col, key in enumerate(CURVES, start=1):
+            by_step = {m.step: m.value for m in histories[key]}
+            assert [by_step[int(e)] for e in table[:, 0]] == pytest.approx(table[:, col], rel=1e-12)
+        config = yaml.safe_load(
+            Path(
+                client.download_artifacts(rep.info.run_id, "config.yaml", str(tmp_path))
+            ).read_text()
+        )
+        assert (config["seed"], config["replicas"]) == (seed, 1)
+        weights = torch.load(
+            client.download_artifacts(rep.info.run_id, "weights.pt", str(tmp_path))
+        )
+        assert weights["0.weight"].shape == (25, 2) and len(weights) == 8
+
+
+def test_seed_alone_equals_its_replica_in_a_batch(tmp_path):
+    off = ("tracking.replica_figures=false", "tracking.replica_weights=false")
+    _, client = _in_process(tmp_path, "seed=7", "replicas=1", "tracking.experiment=alone", *off)
+    _in_process(tmp_path, "seed=0", "replicas=110", "tracking.experiment=batch", *off)
+    (alone,) = runs_by_kind(client, "alone")["replica"]
+    batch = runs_by_kind(client, "batch")["replica"]
+    assert len(batch) == 110
+    (seventh,) = [r for r in batch if r.data.tags["mtl.seed"] == "7"]
+    for key in REPLICA_METRICS:
+        assert seventh.data.metrics[key] == pytest.approx(alone.data.metrics[key], abs=1e-5), key
+
+
+def test_one_diverging_replica_leaves_the_others_intact(tmp_path, monkeypatch):
+    real = training.train_replicas
+    _in_process(tmp_path, "tracking.experiment=normal")
+
+    def huge_lr_on_replica_1(seeds, **kw):
+        kw["lr"] = [kw["lr"], 1e6, kw["lr"]]
+        return real(seeds, **kw)
+
+    monkeypatch.setattr(training, "train_replicas", huge_lr_on_replica_1)
+    score, client = _in_process(tmp_path, "tracking.experiment=diverging")
+    normal = {r.data.tags["mtl.seed"]: r for r in runs_by_kind(client, "normal")["replica"]}
+    kinds = runs_by_kind(client, "diverging")
+    bad = {r.data.tags["mtl.seed"]: r for r in kinds["replica"]}
+    assert bad["1"].data.tags["mtl.diverged"] == "true"
+    assert bad["1"].data.metrics["diverged"] == 1 and bad["1"].data.metrics["diverged_epoch"] > 0
+    assert math.isnan(bad["1"].data.metrics["final_test_acc"])
+    for seed in ("0", "2"):
+        assert bad[seed].data.tags["mtl.diverged"] == "false"
+        for key in REPLICA_METRICS:
+            assert bad[seed].data.metrics[key] == normal[seed].data.metrics[key], key
+    (job,) = kinds["job"]
+    assert job.info.status == "FINISHED" and job.data.metrics["n_diverged"] == 1
+    mean = np.mean([bad[s].data.metrics["final_test_acc"] for s in ("0", "2")])
+    assert job.data.metrics["test_acc_mean"] == pytest.approx(mean) == pytest.approx(score)
+
+
+def _statuses(client: MlflowClient, experiment: str = "quick") -> dict[str, list[str]]:
+    return {
+        k: sorted(r.info.status for r in v) for k, v in runs_by_kind(client, experiment).items()
+    }
+
+
+def test_training_error_ends_the_job_failed_with_the_error(tmp_path, monkeypatch):
+    def boom(seeds, **kw):
+        raise RuntimeError("injected failure in training")
+
+    monkeypatch.setattr(training, "train_replicas", boom)
+    with pytest.raises(RuntimeError):
+        _in_process(tmp_path)
+    client = MlflowClient(sqlite_uri(tmp_path))
+    assert _statuses(client) == {"job": ["FAILED"]}
+    (job,) = runs_by_kind(client, "quick")["job"]
+    assert job.data.tags["mtl.error"] == "RuntimeError: injected failure in training"
+
+
+def test_logging_error_ends_every_open_run_failed(tmp_path, monkeypatch):
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise OSError("injected failure while drawing")
+
+    monkeypatch.setattr(records, "ReplicaFigures", Broken)
+    with pytest.raises(OSError):
+        _in_process(tmp_path)
+    client = MlflowClient(sqlite_uri(tmp_path))
+    assert _statuses(client) == {"job": ["FAILED"], "replica": ["FAILED"] * 3}
+
+
+def test_keyboard_interrupt_ends_the_job_killed(tmp_path, monkeypatch):
+    def interrupted(seeds, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_replicas", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _in_process(tmp_path)
+    assert _statuses(MlflowClient(sqlite_uri(tmp_path))) == {"job": ["KILLED"]}
+
+
+def _metrics(n_steps: int) -> list[Metric]:
+    ts = int(time.time() * 1000)
+    values = [0.5, float("nan"), float("inf"), -float("inf"), 1e-300]
+    out = [
+        Metric("curve", values[i % len(values)] + (i if i % 5 == 0 else 0), ts, 10 * i)
+        for i in range(n_steps)
+    ]
+    return out + [Metric("final", 0.25, ts, 10 * n_steps)]
+
+
+def test_bulk_insert_stores_what_log_batch_stores(tmp_path):
+    tracker = Tracker(sqlite_uri(tmp_path), "bulk")
+    fast, slow = tracker.start_run("fast", {}), tracker.start_run("slow", {})
+    params = {"a": "1", "b": "x,y"}
+    tracker.bulk_log({fast: (_metrics(1200), params)})
+    assert tracker.bulk_used
+    tracker.log_batch(slow, _metrics(1200), params)  # MLflow's own path, in chunks of 1000
+    client = tracker.client
+
+    def seen(run_id):
+        run = client.get_run(run_id)
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "curve"))
+        return run.data.params, run.data.metrics, history
+
+    a, b = seen(fast), seen(slow)
+    assert a[0] == b[0] == params
+    assert a[1].keys() == b[1].keys() and a[1]["final"] == b[1]["final"] == 0.25
+    assert np.allclose([v for _, v in a[2]], [v for _, v in b[2]], equal_nan=True)
+    assert [s for s, _ in a[2]] == [s for s, _ in b[2]] == [10 * i for i in range(1200)]
+    latest_a, latest_b = a[1]["curve"], b[1]["curve"]
+    assert latest_a == latest_b or (math.isnan(latest_a) and math.isnan(latest_b))
+
+
+def test_retry_waits_out_a_locked_database():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert retry(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        retry(lambda: (_ for _ in ()).throw(ValueError("not transient")))
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_and_lines_otherwise(caplog):
+    tty = _Tty()
+    bar = Progress(100, "job", enabled=True, stream=tty)
+    for epoch in range(10, 101, 10):
+        bar(epoch)
+    bar.close()
+    text = tty.getvalue()
+    assert text.count("\r") == 10 and "100/100 epochs 100%" in text and text.endswith("\n")
+
+    plain = io.StringIO()
+    caplog.set_level("INFO", logger="experiments.train")
+    lines = Progress(400, "job", enabled=True, stream=plain)
+    for epoch in range(10, 401, 10):
+        lines(epoch)
+    assert plain.getvalue() == ""
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "job: epoch 100/400 (25%)",
+        "job: epoch 200/400 (50%)",
+        "job: epoch 300/400 (75%)",
+        "job: epoch 400/400 (100%)",
+    ]
+
+
+def test_tracking_uri_precedence_and_artifact_location(monkeypatch, tmp_path):
+    from experiments.config import repo_root
+    from experiments.tracking import artifact_location, resolve_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = resolve_uri(None)
+    assert default == f"sqlite:///{repo_root()}/runs/mlflow.db"
+    assert (
+        artifact_location(default, "report") == (repo_root() / "runs/mlartifacts/report").as_uri()
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_uri(None) == "http://127.0.0.1:5000"
+    assert resolve_uri(f"sqlite:///{tmp_path}/x.db") == f"sqlite:///{tmp_path}/x.db"
+    assert artifact_location("http://127.0.0.1:5000", "report") is None
+    monkeypatch.chdir(tmp_path)
+    assert resolve_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path}/rel/x.db"
