@@ -26,7 +26,7 @@ class DiskData:
 
 
 def encode_targets(labels: Tensor, encoding: str, dtype: torch.dtype = torch.float32) -> Tensor:
-    """onehot: 0 -> [1, 0], 1 -> [0, 1]; pm1 (the report's other try): 0 -> [1, -1], 1 -> [-1, 1]."""
+    """onehot: 0 -> [1, 0], 1 -> [0, 1]; pm1 (tried by the report): 0 -> [1, -1], 1 -> [-1, 1]."""
     onehot = torch.stack([1 - labels, labels], dim=-1).to(dtype)
     if encoding == "onehot":
         return onehot
