@@ -8,6 +8,9 @@ Everything is measured in this one process, as medians of repeated blocks, at 1 
   fused        minitorch FusedMLPStep (the harness's path), one model
   fused R=k    FusedMLPStep on k replicas at once; reported per replica-epoch
 
+Then the 110-replica training loop of the harness (`train_replicas`, 1 eval every 10 epochs)
+with one 1-thread process, one 2-thread process, and two 1-thread worker processes.
+
 Run: python benchmarks/step.py [--repeats 7] [--threads 1 2] [--replicas 1 10 110 1000]
 """
 
@@ -87,11 +90,35 @@ def median_ms(run, repeats: int, min_block_s: float = 0.2) -> float:
     return statistics.median(times)
 
 
+def workers_block(repeats: int, epochs: int) -> None:
+    """Throughput of the real loop: 1 process x 1 thread, 1 x 2 threads, 2 processes x 1."""
+    from experiments.training import train_replicas
+
+    variants = [
+        ("1 process, 1 thread", 1, 1),
+        ("1 process, 2 threads", 1, 2),
+        ("2 workers, 1 thread each", 2, 1),
+    ]
+    times: dict[str, list[float]] = {v[0]: [] for v in variants}
+    for _ in range(repeats):  # interleaved, so that drifts of the machine hit all alike
+        for name, workers, threads in variants:
+            torch.set_num_threads(threads)
+            t = time.perf_counter()
+            train_replicas(range(110), epochs=epochs, eval_every=10, workers=workers)
+            times[name].append((time.perf_counter() - t) / epochs * 1e3)
+    base = statistics.median(times[variants[0][0]])
+    print(f"train_replicas, 110 replicas, {epochs} epochs, median of {repeats}")
+    print(f"  {'variant':<28}{'ms/epoch':>10}{'throughput':>12}")
+    for name, ms in ((k, statistics.median(v)) for k, v in times.items()):
+        print(f"  {name:<28}{ms:>10.1f}{base / ms:>11.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 10, 110, 1000])
+    ap.add_argument("--workers-epochs", type=int, default=60, help="0 skips the workers block")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}; epoch = {STEPS} steps x batch {BATCH}; model {SIZES} Tanh")
@@ -110,6 +137,8 @@ def main() -> None:
         for name, ms, _ in rows:
             print(f"  {name:<26}{ms:>10.3f}{ms / base:>12.3f}{base / ms:>9.1f}x")
         print()
+    if args.workers_epochs:
+        workers_block(args.repeats, args.workers_epochs)
 
 
 if __name__ == "__main__":
