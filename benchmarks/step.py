@@ -6,7 +6,8 @@ Everything is measured in this one process, as medians of repeated blocks, at 1 
   torch.nn     torch.nn.Sequential + autograd + torch.optim.SGD, one model
   modules      minitorch Sequential.forward/backward + SGD.step, one model
   fused        minitorch FusedMLPStep (the harness's path), one model
-  fused R=k    FusedMLPStep on k replicas at once; reported per replica-epoch
+  fused R=k    FusedMLPStep on k replicas at once; reported per replica-epoch (kernel "auto":
+               numpy's BLAS for the backward's products at 1 thread; R=110 also with "torch")
 
 Then the 110-replica training loop of the harness (`train_replicas`, 1 eval every 10 epochs)
 with one 1-thread process, one 2-thread process, and two 1-thread worker processes.
@@ -50,7 +51,7 @@ def epoch_torch_nn():
     return run
 
 
-def epoch_minitorch(replicas: int | None, fused: bool):
+def epoch_minitorch(replicas: int | None, fused: bool, kernel: str = "auto"):
     gen = [mt.seeded_generator(s, "init") for s in range(replicas or 1)]
     model = mt.mlp(SIZES, ("tanh",) * 3, replicas=replicas, generator=gen if replicas else gen[0])
     loss = mt.MSE(replicas=replicas)
@@ -58,7 +59,7 @@ def epoch_minitorch(replicas: int | None, fused: bool):
     lead = () if replicas is None else (replicas,)
     x = torch.rand(STEPS, *lead, BATCH, 2)
     y = torch.rand(STEPS, *lead, BATCH, 2)
-    step = mt.FusedMLPStep(model, loss, opt).step
+    step = mt.FusedMLPStep(model, loss, opt, kernel=kernel).step
 
     def run_fused():
         for s in range(STEPS):
@@ -132,6 +133,9 @@ def main() -> None:
         for r in args.replicas:
             ms = median_ms(epoch_minitorch(r, True), args.repeats)
             rows.append((f"minitorch fused R={r}", ms / r, r))
+            if r == 110:  # the same with torch.bmm for the backward's products too
+                ms = median_ms(epoch_minitorch(r, True, "torch"), args.repeats)
+                rows.append(("  R=110, torch kernel", ms / r, r))
         print(f"threads={threads}")
         print(f"  {'variant':<26}{'ms/epoch':>10}{'x torch.nn':>12}{'speed-up':>10}")
         for name, ms, _ in rows:

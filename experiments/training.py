@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 import minitorch as mt
@@ -186,6 +187,42 @@ def _train_shard(
 ) -> TrainResult:
     if threads is not None:
         torch.set_num_threads(threads)
+    # The fused step's backward products run in numpy's OpenBLAS: give it torch's thread
+    # budget, or it would start one thread per core in every worker and launcher job.
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        return _train_shard_body(
+            seeds,
+            rates,
+            hidden=hidden,
+            activations=activations,
+            init=init,
+            loss=loss,
+            batch_size=batch_size,
+            epochs=epochs,
+            eval_every=eval_every,
+            n_train=n_train,
+            n_test=n_test,
+            encoding=encoding,
+            progress=progress,
+        )
+
+
+def _train_shard_body(
+    seeds: list[int],
+    rates: Tensor,
+    *,
+    hidden: tuple[int, ...],
+    activations: tuple[str, ...],
+    init: str,
+    loss: str,
+    batch_size: int,
+    epochs: int,
+    eval_every: int,
+    n_train: int,
+    n_test: int,
+    encoding: str,
+    progress: Callable[[int], None] | None,
+) -> TrainResult:
     R = len(seeds)
     t0 = time.perf_counter()
     train, test = disk_replicas(seeds, n_train, n_test, encoding)

@@ -5,10 +5,21 @@ call; for the report's tiny model that overhead is most of the time. `FusedMLPSt
 SGD step of a `Sequential` of `Linear` and activation modules on preallocated buffers with
 `out=` kernels, sharing the model's parameter and gradient tensors. It is tested to give the
 same parameters as the general modules (tests/minitorch/test_fused.py).
+
+Two kernels for the batched matrix products, chosen by `kernel` ("auto", the default, takes
+"numpy" when torch runs on one thread and "torch" otherwise, since torch.bmm spreads the
+replicas over threads and numpy.matmul does not):
+- "torch": torch.bmm / baddbmm (MKL's batched GEMM in the CPU build of torch);
+- "numpy": the backward's products (g^T h for the weights, g W for the inputs) through
+  numpy.matmul on zero-copy views of the same tensors (OpenBLAS, one GEMM per replica). On the
+  AMD EPYC machines of this project OpenBLAS does these 25 x 25 x 25 shapes (NN and TN) ~1.5x
+  faster than MKL's batched GEMM. The forward stays on torch: its x W^T shape (NT) is slower
+  in numpy, and a transposed weight copy costs more than it saves (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,7 +38,14 @@ class FusedMLPStep:
     backward would), and adds each replica's loss to `loss_sum` if given.
     """
 
-    def __init__(self, model: Sequential, loss: Loss, optimizer: SGD) -> None:
+    def __init__(
+        self, model: Sequential, loss: Loss, optimizer: SGD, *, kernel: str = "auto"
+    ) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(
+                f"FusedMLPStep: kernel={kernel!r} is not known; accepted: {', '.join(KERNELS)}."
+            )
+        self.kernel = kernel
         self.layers: list[Linear] = []
         self.acts: list[str] = []
         for i, m in enumerate(model.modules):
@@ -62,6 +80,9 @@ class FusedMLPStep:
         self.gW = [as3(m.grad_weight) for m in self.layers]
         self.gb = [as3(m.grad_bias) for m in self.layers]
         self._buffers: dict[tuple[int, bool], dict[str, list[Tensor]]] = {}
+        # numpy kernel: views of the weights and gradients the backward products use.
+        self.np_W = [w.numpy() for w in self.W]
+        self.np_gW = [g.numpy() for g in self.gW]
 
     def _forward(self, x: Tensor, buf: dict[str, list[Tensor]]) -> Tensor:
         z = buf["z"]
@@ -95,12 +116,16 @@ class FusedMLPStep:
             buf = {"z": [new(n) for n in outs]}  # pre-activations, then activations (in place)
             buf["zt"] = [t.transpose(1, 2) for t in buf["z"]]
             buf["last_t"] = [torch.empty(R, outs[-1], B, dtype=x.dtype)]
+            buf["np_z"] = [t.numpy() for t in buf["z"]]
             if train:
                 buf["g"] = [new(n) for n in outs]  # gradient wrt each layer's output
                 buf["gt"] = [t.transpose(1, 2) for t in buf["g"]]
                 buf["gh"] = [new(n) for n in ins]  # gradient wrt each layer's input
                 buf["tmp"] = [new(n) for n in outs]
                 buf["gw0_t"] = [torch.empty(R, ins[0], outs[0], dtype=x.dtype)]
+                buf["np_g"] = [t.numpy() for t in buf["g"]]
+                buf["np_gt"] = [t.numpy() for t in buf["gt"]]
+                buf["np_gh"] = [t.numpy() for t in buf["gh"]]
             self._buffers[key] = buf
         return buf
 
@@ -132,6 +157,13 @@ class FusedMLPStep:
             go.mul_(2.0 / n)
         else:
             go.sign_().mul_(1.0 / n)
+        kernel = self.kernel
+        if kernel == "auto":
+            kernel = "numpy" if torch.get_num_threads() == 1 else "torch"
+        if kernel == "numpy":
+            self._backward_numpy(x, buf)
+            self.optimizer.step()
+            return
         for i in range(n_last, -1, -1):
             if i == 0:
                 # Few inputs: x^T g is [in, out] with a long inner dimension, far faster than
@@ -145,6 +177,22 @@ class FusedMLPStep:
                 torch.bmm(g[i], self.W[i], out=gh[i])
                 _act_backward(self.acts[i - 1], gh[i], z[i - 1], tmp[i - 1], out=g[i - 1])
         self.optimizer.step()
+
+    def _backward_numpy(self, x: Tensor, buf: dict[str, list[Tensor]]) -> None:
+        z, g, gh, tmp = buf["z"], buf["g"], buf["gh"], buf["tmp"]
+        zn, gn, gtn, ghn = buf["np_z"], buf["np_g"], buf["np_gt"], buf["np_gh"]
+        xn = x.numpy()
+        # A diverging replica overflows to inf/nan as in torch; numpy would also warn about it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(len(self.layers) - 1, -1, -1):
+                np.matmul(gtn[i], xn if i == 0 else zn[i - 1], out=self.np_gW[i])
+                torch.sum(g[i], 1, out=self.gb[i])
+                if i > 0:
+                    np.matmul(gn[i], self.np_W[i], out=ghn[i])
+                    _act_backward(self.acts[i - 1], gh[i], z[i - 1], tmp[i - 1], out=g[i - 1])
+
+
+KERNELS = ("auto", "numpy", "torch")
 
 
 def _act_forward_(name: str, z: Tensor) -> None:

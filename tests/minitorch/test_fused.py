@@ -21,11 +21,12 @@ def build(acts, replicas, dtype, loss_name, lr):
 @pytest.mark.parametrize("replicas", [None, 1, 4])
 @pytest.mark.parametrize("acts", [("tanh",) * 3, ("relu", "sigmoid", "tanh")])
 @pytest.mark.parametrize("loss_name", ["mse", "mae"])
-def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name):
+@pytest.mark.parametrize("kernel", mt.fused.KERNELS)
+def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel):
     lr = 0.3 if replicas is None else torch.linspace(0.1, 0.5, replicas, dtype=dtype)
     ref_model, ref_loss, ref_opt = build(acts, replicas, dtype, loss_name, lr)
     model, loss, opt = build(acts, replicas, dtype, loss_name, lr)
-    fused = mt.FusedMLPStep(model, loss, opt)
+    fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
     gen = torch.Generator().manual_seed(0)
     lead = () if replicas is None else (replicas,)
     sums = torch.zeros(lead or (1,), dtype=dtype)
@@ -46,6 +47,27 @@ def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name):
     x = torch.rand(*lead, 4, 2, generator=gen, dtype=dtype)
     assert (model(x) - ref_model(x)).abs().max().item() <= tol
     assert (fused.forward(x) - ref_model(x)).abs().max().item() <= tol
+
+
+def test_kernels_agree_on_the_report_model_over_many_steps():
+    runs = {}
+    for kernel in ("numpy", "torch"):
+        model, loss, opt = build(("tanh",) * 3, 6, torch.float32, "mse", torch.full((6,), 0.05))
+        fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(200):
+            fused.step(torch.rand(6, 25, 2, generator=gen), torch.rand(6, 25, 2, generator=gen))
+        runs[kernel] = [p.clone() for p, _ in model.params()]
+    for a, b in zip(runs["numpy"], runs["torch"], strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_unknown_kernel_is_refused():
+    model, loss, opt = build(("tanh",) * 3, None, torch.float32, "mse", 0.1)
+    with pytest.raises(
+        ValueError, match=r"kernel='cuda' is not known; accepted: auto, numpy, torch"
+    ):
+        mt.FusedMLPStep(model, loss, opt, kernel="cuda")
 
 
 def test_fused_refuses_other_shapes():
