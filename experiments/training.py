@@ -169,42 +169,15 @@ def train_replicas(
 
 
 def _train_shard(
-    seeds: list[int],
-    rates: Tensor,
-    *,
-    hidden: tuple[int, ...],
-    activations: tuple[str, ...],
-    init: str,
-    loss: str,
-    batch_size: int,
-    epochs: int,
-    eval_every: int,
-    n_train: int,
-    n_test: int,
-    encoding: str,
-    progress: Callable[[int], None] | None = None,
-    threads: int | None = None,
+    seeds: list[int], rates: Tensor, *, threads: int | None = None, **settings
 ) -> TrainResult:
+    """One process's share of the replicas, under its thread budget (see _train_shard_body)."""
     if threads is not None:
         torch.set_num_threads(threads)
     # The fused step's backward products run in numpy's OpenBLAS: give it torch's thread
     # budget, or it would start one thread per core in every worker and launcher job.
     with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-        return _train_shard_body(
-            seeds,
-            rates,
-            hidden=hidden,
-            activations=activations,
-            init=init,
-            loss=loss,
-            batch_size=batch_size,
-            epochs=epochs,
-            eval_every=eval_every,
-            n_train=n_train,
-            n_test=n_test,
-            encoding=encoding,
-            progress=progress,
-        )
+        return _train_shard_body(seeds, rates, **settings)
 
 
 def _train_shard_body(
@@ -221,7 +194,7 @@ def _train_shard_body(
     n_train: int,
     n_test: int,
     encoding: str,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     R = len(seeds)
     t0 = time.perf_counter()
