@@ -14,10 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display here, and figures must not depend on one
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from analysis.bootstrap import BootstrapResult  # noqa: E402
@@ -264,15 +265,21 @@ def heatmap_figure(configs: pd.DataFrame) -> Figure:
 
 
 def grid_curves_figure(curves: pd.DataFrame, configs: pd.DataFrame) -> Figure:
-    """Mean test accuracy against epoch per configuration, one panel per activation set."""
+    """Mean test accuracy against epoch per configuration, one panel per activation set.
+
+    Colour encodes the learning rate and the line style the batch size, with one shared key
+    beside the panels (a legend per panel would list every configuration and hide the lines).
+    """
     acts = sorted(configs["activations"].astype(str).unique())
     lrs = sorted(configs["lr"].unique())
     bss = sorted(configs["batch_size"].unique())
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(lrs), 1)))
-    styles = ["-", "--", ":", "-."]
+    styles = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
     ncol = min(2, len(acts))
     nrow = math.ceil(len(acts) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 3.8 * nrow), squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(6 * ncol + 2.2, 3.8 * nrow), squeeze=False, sharey=True
+    )
     for ax, act in zip(axes.flat, acts, strict=False):
         for _, r in configs[configs["activations"].astype(str) == act].iterrows():
             sub = curves[curves["run_id"].isin(r["run_ids"])]
@@ -285,14 +292,28 @@ def grid_curves_figure(curves: pd.DataFrame, configs: pd.DataFrame) -> Figure:
                 color=colors[lrs.index(r["lr"])],
                 ls=styles[bss.index(r["batch_size"]) % len(styles)],
                 lw=1.2,
-                label=f"lr {_lr_label(r['lr'])}, batch {r['batch_size']}",
             )
         ax.set_title(f"activations: {act}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean test accuracy (%)")
-        ax.legend(fontsize=7, loc="lower right", ncol=2)
     for ax in list(axes.flat)[len(acts) :]:
         ax.set_visible(False)
+    handles = [
+        Line2D([], [], color=colors[i], lw=2, label=f"lr {_lr_label(lr)}")
+        for i, lr in enumerate(lrs)
+    ]
+    handles += [
+        Line2D([], [], color="black", ls=styles[i % len(styles)], lw=1.2, label=f"batch {bs}")
+        for i, bs in enumerate(bss)
+    ]
     fig.suptitle("Test accuracy against epochs per configuration (mean over usable runs)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (6 * ncol + 2.2), 1))
+    fig.legend(
+        handles=handles,
+        loc="center right",
+        fontsize=8,
+        title="colour: lr\nstyle: batch",
+        title_fontsize=8,
+        frameon=False,
+    )
     return fig
