@@ -1,28 +1,33 @@
 """A fused training step for MLPs: the same math as the modules, with far fewer Python calls.
 
 `Sequential.forward/backward` + `SGD.step` allocate fresh tensors and re-check shapes at every
-call; for the report's tiny model that overhead is most of the time. `FusedMLPStep` runs one
-SGD step of a `Sequential` of `Linear` and activation modules on preallocated buffers with
-`out=` kernels, sharing the model's parameter and gradient tensors. It is tested to give the
-same parameters as the general modules (tests/minitorch/test_fused.py).
+call; for the report's tiny model that overhead is most of the time. `FusedMLPStep` runs SGD
+steps of a `Sequential` of `Linear` and activation modules on preallocated buffers, sharing the
+model's parameter and gradient tensors. It is tested to give the same parameters as the general
+modules (tests/minitorch/test_fused.py).
 
-Two kernels for the batched matrix products, chosen by `kernel` ("auto", the default, takes
-"numpy" when torch runs on one thread and "torch" otherwise, since torch.bmm spreads the
-replicas over threads and numpy.matmul does not):
-- "torch": torch.bmm / baddbmm (MKL's batched GEMM in the CPU build of torch);
-- "numpy": the backward's products (g^T h for the weights, g W for the inputs) through
-  numpy.matmul on zero-copy views of the same tensors (OpenBLAS, one GEMM per replica). On the
-  AMD EPYC machines of this project OpenBLAS does these 25 x 25 x 25 shapes (NN and TN) ~1.5x
-  faster than MKL's batched GEMM. The forward stays on torch: its x W^T shape (NT) is slower
-  in numpy, and a transposed weight copy costs more than it saves (benchmarks/README.md).
+Kernels, chosen by `kernel`; "auto", the default, takes "native" for float32 models when the
+machine can build it, else "numpy" when torch runs on one thread and "torch" otherwise:
+- "native": minitorch/csrc (see minitorch/native.py), compiled once per architecture with the
+  machine's C++ compiler. It runs a replica's whole epoch with its weights in L1, each layer's
+  three products as register-blocked FMA loops with the activation, its derivative, the loss
+  gradient and the SGD update fused in; one call per epoch for all replicas. One thread per
+  process: use worker processes (`train_replicas(workers=...)`) for more cores. float32 only.
+- "torch": torch.bmm / baddbmm (MKL's batched GEMM in the CPU build of torch), ~32 calls a step;
+- "numpy": as "torch", but the backward's products (g^T h for the weights, g W for the inputs)
+  go through numpy.matmul on zero-copy views of the same tensors (OpenBLAS, one GEMM per
+  replica), ~1.3x faster than MKL's batched GEMM for these 25 x 25 x 25 shapes here.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from minitorch import native
 from minitorch.activations import ReLU, Sigmoid, Tanh
 from minitorch.linear import Linear
 from minitorch.losses import MAE, MSE, Loss
@@ -83,6 +88,50 @@ class FusedMLPStep:
         # numpy kernel: views of the weights and gradients the backward products use.
         self.np_W = [w.numpy() for w in self.W]
         self.np_gW = [g.numpy() for g in self.gW]
+        self._native = self._load_native(kernel, dtype) if kernel in ("auto", "native") else None
+
+    def _load_native(self, kernel: str, dtype: torch.dtype):
+        """The compiled kernel for this model, or None where "auto" falls back to torch."""
+        problem = None
+        if dtype != torch.float32:
+            problem = f"it computes in float32 only and the model is {dtype}"
+        elif not all(t.is_contiguous() for m in self.layers for t, _ in m.params()):
+            problem = "the model's parameters are not contiguous"
+        if problem is None:
+            sizes = (self.layers[0].in_features, *(m.out_features for m in self.layers))
+            try:
+                return native.load(sizes, tuple(self.acts), self.loss_kind)
+            except native.NativeUnavailable as e:
+                problem = str(e)
+        if kernel == "native":
+            raise ValueError(f"FusedMLPStep: kernel='native' cannot be used: {problem}.")
+        if dtype == torch.float32:  # float64 models are meant for the torch kernels: no noise
+            warnings.warn(
+                f"FusedMLPStep: the native kernel is unavailable ({problem}); using the "
+                "slower torch kernels.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+
+    def _native_args(self, x: Tensor, y: Tensor | None = None) -> list:
+        """Checked, contiguous float32 inputs and the parameter pointers for a native call."""
+        R = self.W[0].shape[0]
+        for name, t, n in (("x", x, self.layers[0].in_features),
+                           ("y", y, self.layers[-1].out_features)):  # fmt: skip
+            if t is not None and (t.dim() != 3 or t.shape[0] != R or t.shape[2] != n):
+                raise ValueError(
+                    f"FusedMLPStep: {name} has shape {list(t.shape)}; expected "
+                    f"[{R}, rows, {n}] (one block of rows per replica)."
+                )
+        if y is not None and y.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"FusedMLPStep: x has {x.shape[1]} rows and y {y.shape[1]}; they must match."
+            )
+        keep = [x.contiguous().to(torch.float32), None if y is None else y.contiguous().float()]
+        keep += [native.pointers([m.weight for m in self.layers]),
+                 native.pointers([m.bias for m in self.layers])]  # fmt: skip
+        return keep
 
     def _forward(self, x: Tensor, buf: dict[str, list[Tensor]]) -> Tensor:
         z = buf["z"]
@@ -130,15 +179,80 @@ class FusedMLPStep:
         return buf
 
     def forward(self, x: Tensor) -> Tensor:
-        """The model's output for x, computed in the cached buffers (valid until the next call)."""
+        """The model's output for x ([B, in], or [R, B, in] with replicas).
+
+        With the torch kernels the result lives in cached buffers, valid until the next call.
+        """
         x3 = x.unsqueeze(0) if self.replicas is None else x
-        out = self._forward(x3, self._buffers_for(x3, train=False))
+        if self._native is not None:
+            xc, _, W, b = self._native_args(x3)
+            out = torch.empty(xc.shape[0], xc.shape[1], self.layers[-1].out_features)
+            rc = self._native.mt_forward(xc.shape[0], xc.shape[1], xc.data_ptr(), W, b,
+                                         out.data_ptr())  # fmt: skip
+            _check_rc(rc)
+        else:
+            out = self._forward(x3, self._buffers_for(x3, train=False))
         return out[0] if self.replicas is None else out
+
+    def epoch(
+        self, x: Tensor, y: Tensor, batch_size: int, loss_sum: Tensor | None = None
+    ) -> None:
+        """SGD over all rows of x and y in order, `batch_size` rows per step (the last may be
+        fewer): the same as `step` on each batch in turn. x is [R, N, in] ([N, in] without
+        replicas), each replica's rows already in its shuffled order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"FusedMLPStep.epoch: batch_size={batch_size!r}; expected >= 1.")
+        if self.replicas is None:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        if self._native is not None:
+            self._native_train(x, y, batch_size, loss_sum)
+            return
+        R, N = x.shape[0], x.shape[1]
+        n_full = N // batch_size
+        if n_full:
+            # Batch-major copies: batch s of every replica is one contiguous [R, B, f] block.
+            def batches(t: Tensor) -> Tensor:
+                head = t[:, : n_full * batch_size].reshape(R, n_full, batch_size, t.shape[2])
+                return head.transpose(0, 1).contiguous()
+
+            xb, yb = batches(x), batches(y)
+            for s in range(n_full):
+                self._step3(xb[s], yb[s], loss_sum)
+        if n_full * batch_size < N:
+            rest = slice(n_full * batch_size, N)
+            self._step3(x[:, rest].contiguous(), y[:, rest].contiguous(), loss_sum)
+
+    def _native_train(
+        self, x: Tensor, y: Tensor, batch_size: int, loss_sum: Tensor | None
+    ) -> None:
+        xc, yc, W, b = self._native_args(x, y)
+        gW = native.pointers([m.grad_weight for m in self.layers])
+        gb = native.pointers([m.grad_bias for m in self.layers])
+        R = xc.shape[0]
+        lr = self.optimizer.lr
+        rates = (lr.to(torch.float32) if isinstance(lr, Tensor) else torch.full((R,), lr))
+        rates = rates.expand(R).contiguous()
+        losses = torch.zeros(R, dtype=torch.float64) if loss_sum is not None else None
+        rc = self._native.mt_train(
+            R, xc.shape[1], batch_size, xc.data_ptr(), yc.data_ptr(), W, b, gW, gb,
+            rates.data_ptr(), None if losses is None else losses.data_ptr(),
+        )  # fmt: skip
+        _check_rc(rc)
+        if loss_sum is not None:
+            loss_sum.add_(losses.to(loss_sum.dtype))
 
     def step(self, x: Tensor, y: Tensor, loss_sum: Tensor | None = None) -> None:
         """Forward, loss, backward and the SGD update for one batch."""
         if self.replicas is None:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
+        if self._native is not None:
+            self._native_train(x, y, x.shape[1], loss_sum)
+            return
+        self._step3(x, y, loss_sum)
+
+    def _step3(self, x: Tensor, y: Tensor, loss_sum: Tensor | None) -> None:
+        """`step` on [R, B, f] inputs with the torch or numpy kernel."""
         buf = self._buffers_for(x)
         z, g, gh, tmp = buf["z"], buf["g"], buf["gh"], buf["tmp"]
         n_last = len(self.layers) - 1
@@ -192,7 +306,12 @@ class FusedMLPStep:
                     _act_backward(self.acts[i - 1], gh[i], z[i - 1], tmp[i - 1], out=g[i - 1])
 
 
-KERNELS = ("auto", "numpy", "torch")
+KERNELS = ("auto", "native", "numpy", "torch")
+
+
+def _check_rc(rc: int) -> None:
+    if rc != 0:
+        raise MemoryError(f"FusedMLPStep: the native kernel failed (code {rc}): out of memory.")
 
 
 def _act_forward_(name: str, z: Tensor) -> None:

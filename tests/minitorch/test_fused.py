@@ -26,6 +26,10 @@ def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel
     lr = 0.3 if replicas is None else torch.linspace(0.1, 0.5, replicas, dtype=dtype)
     ref_model, ref_loss, ref_opt = build(acts, replicas, dtype, loss_name, lr)
     model, loss, opt = build(acts, replicas, dtype, loss_name, lr)
+    if kernel == "native" and dtype == torch.float64:
+        with pytest.raises(ValueError, match=r"float32 only and the model is torch.float64"):
+            mt.FusedMLPStep(model, loss, opt, kernel=kernel)
+        return
     fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
     gen = torch.Generator().manual_seed(0)
     lead = () if replicas is None else (replicas,)
@@ -51,21 +55,22 @@ def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel
 
 def test_kernels_agree_on_the_report_model_over_many_steps():
     runs = {}
-    for kernel in ("numpy", "torch"):
+    for kernel in ("native", "numpy", "torch"):
         model, loss, opt = build(("tanh",) * 3, 6, torch.float32, "mse", torch.full((6,), 0.05))
         fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
         gen = torch.Generator().manual_seed(1)
         for _ in range(200):
             fused.step(torch.rand(6, 25, 2, generator=gen), torch.rand(6, 25, 2, generator=gen))
         runs[kernel] = [p.clone() for p, _ in model.params()]
-    for a, b in zip(runs["numpy"], runs["torch"], strict=True):
-        assert (a - b).abs().max().item() <= 1e-5
+    for kernel in ("native", "numpy"):
+        for a, b in zip(runs[kernel], runs["torch"], strict=True):
+            assert (a - b).abs().max().item() <= 1e-5
 
 
 def test_unknown_kernel_is_refused():
     model, loss, opt = build(("tanh",) * 3, None, torch.float32, "mse", 0.1)
     with pytest.raises(
-        ValueError, match=r"kernel='cuda' is not known; accepted: auto, numpy, torch"
+        ValueError, match=r"kernel='cuda' is not known; accepted: auto, native, numpy, torch"
     ):
         mt.FusedMLPStep(model, loss, opt, kernel="cuda")
 

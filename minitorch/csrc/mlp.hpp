@@ -1,0 +1,143 @@
+// The native kernel of FusedMLPStep: whole SGD epochs of a small MLP, one replica at a time.
+//
+// minitorch/native.py compiles this once per architecture: the file that includes it defines
+// NL (number of Linear layers), SIZES[NL + 1], ACTS[NL] (activation after each layer, NONE for
+// the last) and LOSS, then includes this header. Plain C++17 with GCC vector extensions, no
+// torch headers, so it builds in about a second with the machine's g++.
+//
+// Why it is fast: a replica's weights (a few KB) stay in L1 for every step of an epoch, all
+// three products of a layer (forward, weight gradient, input gradient) are one register-blocked
+// "broadcast a scalar, FMA a row of vectors" loop, and the activations, their derivatives, the
+// loss gradient and the SGD update are fused into those loops instead of separate passes.
+//
+// Layout, per replica: feature dimensions are padded to a multiple of V floats; padded lanes
+// hold zeros and are only ever read into padded lanes, so they never reach a real value.
+//   WT[l]  [in][P(out)]   weight, transposed (forward and weight-gradient rows)
+//   Wp[l]  [out][P(in)]   weight as stored (input-gradient rows), a copy of WT after updates
+//   h[l]   [B][P(out)]    layer l's output after its activation (the last: the model output)
+//   g[l]   [B][P(out)]    gradient of the loss wrt layer l's pre-activation
+// The model's tensors ([R, out, in] weights, [R, out] biases) are read at the start of a
+// replica's epoch and written back at its end, with the last step's gradients.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace mt {
+
+constexpr int V = 8;  // floats per vector (AVX2; GCC splits or widens as the target allows)
+typedef float vf __attribute__((vector_size(V * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(V * sizeof(int32_t))));
+constexpr int nvec(int n) { return (n + V - 1) / V; }
+
+enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU = 3 };
+enum { MSE = 0, MAE = 1 };
+
+static inline vf splat(float s) { return vf{} + s; }
+
+// e^x with Cephes' expf polynomial (~1 ulp); NaN stays NaN; x is clamped to [-87, 88], so the
+// result saturates at ~1.6e-38 and ~1.7e38 instead of reaching 0 or inf.
+static inline vf vexp(vf x) {
+  x = x > 88.0f ? splat(88.0f) : x;
+  x = x < -87.0f ? splat(-87.0f) : x;
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf n = (x * 1.44269504088896341f + magic) - magic;
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  vi k = __builtin_convertvector(n, vi);
+  vf scale = (vf)((k + 127) << 23);
+  return p * scale;
+}
+
+template <int ACT>
+static inline vf activate(vf z) {
+  if constexpr (ACT == TANH) {
+    return 2.0f / (1.0f + vexp(-2.0f * z)) - 1.0f;  // 2 sigmoid(2z) - 1, as the torch path
+  } else if constexpr (ACT == SIGMOID) {
+    return 1.0f / (1.0f + vexp(-z));
+  } else if constexpr (ACT == RELU) {
+    return z < 0.0f ? splat(0.0f) : z;  // keeps NaN, as torch.relu
+  } else {
+    return z;
+  }
+}
+
+// f'(z) from the saved activation a = f(z).
+template <int ACT>
+static inline vf dact(vf a) {
+  if constexpr (ACT == TANH) {
+    return 1.0f - a * a;
+  } else if constexpr (ACT == SIGMOID) {
+    return a * (1.0f - a);
+  } else {
+    return a > 0.0f ? splat(1.0f) : splat(0.0f);
+  }
+}
+
+enum { EPI_STORE = 0, EPI_BIAS_ACT = 1, EPI_TIMES_DACT = 2 };
+
+// C[r][c0 .. c0+CH) = epilogue(sum_k A[r*ars + k*aks] * Bm[k][c0 .. c0+CH)) for RB rows.
+// Every product of the MLP has this form; NV is the row length of Bm and C in vectors.
+template <int NV, int CH, int RB, int EPI, int ACT>
+static inline void block(int K, const float* __restrict A, int ars, int aks,
+                         const vf* __restrict Bm, int c0, const vf* __restrict bias,
+                         const vf* __restrict H, vf* __restrict C) {
+  vf acc[RB][CH];
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int c = 0; c < CH; ++c) acc[r][c] = EPI == EPI_BIAS_ACT ? bias[c0 + c] : vf{};
+  for (int k = 0; k < K; ++k) {
+    const vf* brow = Bm + k * NV + c0;
+    vf b[CH];
+#pragma GCC unroll 16
+    for (int c = 0; c < CH; ++c) b[c] = brow[c];
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) {
+      vf s = splat(A[r * ars + k * aks]);
+#pragma GCC unroll 16
+      for (int c = 0; c < CH; ++c) acc[r][c] += s * b[c];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int c = 0; c < CH; ++c) {
+      vf v = acc[r][c];
+      if constexpr (EPI == EPI_BIAS_ACT) v = activate<ACT>(v);
+      if constexpr (EPI == EPI_TIMES_DACT) v = v * dact<ACT>(H[r * NV + c0 + c]);
+      C[r * NV + c0 + c] = v;
+    }
+}
+
+template <int NV, int CH, int RB, int EPI, int ACT>
+static inline void row_block(int K, const float* A, int ars, int aks, const vf* Bm,
+                             const vf* bias, const vf* H, vf* C) {
+  int c0 = 0;
+  for (; c0 + CH <= NV; c0 += CH) block<NV, CH, RB, EPI, ACT>(K, A, ars, aks, Bm, c0, bias, H, C);
+  constexpr int REM = NV % CH;
+  if constexpr (REM > 0) block<NV, REM, RB, EPI, ACT>(K, A, ars, aks, Bm, c0, bias, H, C);
+}
+
+// C[rows][NV] = epilogue(A[rows][K] . Bm[K][NV]), A read with strides (ars, aks).
+template <int NV, int EPI, int ACT>
+static void gemm(int rows, int K, const float* A, int ars, int aks, const vf* Bm,
+                 const vf* bias, const vf* H, vf* C) {
+  constexpr int CH = NV < 4 ? NV : 4;                    // vectors per column block
+  constexpr int RB = CH >= 3 ? 4 : (CH == 2 ? 6 : 8);  // rows per block: <= 16 accumulators
+  int r = 0;
+  for (; r + RB <= rows; r += RB)
+    row_block<NV, CH, RB, EPI, ACT>(K, A + r * ars, ars, aks, Bm, bias, H + r * NV, C + r * NV);
+  for (; r < rows; ++r)
+    row_block<NV, CH, 1, EPI, ACT>(K, A + r * ars, ars, aks, Bm, bias, H + r * NV, C + r * NV);
+}
+
+}  // namespace mt

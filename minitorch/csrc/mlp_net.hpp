@@ -1,0 +1,222 @@
+// One MLP architecture on the kernels of mlp.hpp: forward, loss gradient, backward, SGD update,
+// and the two entry points minitorch/native.py calls through ctypes. The including file
+// defines NL, SIZES[NL + 1], ACTS[NL] and LOSS first (see mlp.hpp).
+#pragma once
+
+#include "mlp.hpp"
+
+namespace mt {
+
+struct Net {
+  vf* WT[NL];
+  vf* Wp[NL];
+  vf* bias[NL];
+  vf* gWT[NL];
+  vf* gb[NL];
+  vf* h[NL];
+  vf* g[NL];
+  void* mem;
+};
+
+constexpr int in_of(int l) { return SIZES[l]; }
+constexpr int out_of(int l) { return SIZES[l + 1]; }
+
+// Scratch for batches of up to `rows` rows, zeroed (padded lanes must start at zero).
+static bool net_alloc(Net& n, int rows) {
+  size_t total = 0;  // in vectors
+  for (int l = 0; l < NL; ++l) {
+    size_t I = in_of(l), O = out_of(l), NVO = nvec(O), NVI = nvec(I);
+    total += 2 * I * NVO + O * NVI + 2 * NVO + 2 * size_t(rows) * NVO;
+  }
+  size_t bytes = (total * sizeof(vf) + 63) / 64 * 64;
+  n.mem = std::aligned_alloc(64, bytes);
+  if (!n.mem) return false;
+  std::memset(n.mem, 0, bytes);
+  vf* p = static_cast<vf*>(n.mem);
+  for (int l = 0; l < NL; ++l) {
+    int I = in_of(l), O = out_of(l), NVO = nvec(O), NVI = nvec(I);
+    n.WT[l] = p; p += I * NVO;
+    n.gWT[l] = p; p += I * NVO;
+    n.Wp[l] = p; p += O * NVI;
+    n.bias[l] = p; p += NVO;
+    n.gb[l] = p; p += NVO;
+    n.h[l] = p; p += size_t(rows) * NVO;
+    n.g[l] = p; p += size_t(rows) * NVO;
+  }
+  return true;
+}
+
+// Replica r's parameters from the model's [R, out, in] weights and [R, out] biases.
+static void load(Net& n, float* const* W, float* const* b, long r) {
+  for (int l = 0; l < NL; ++l) {
+    const int I = in_of(l), O = out_of(l), PO = nvec(O) * V, PI = nvec(I) * V;
+    const float* w = W[l] + r * O * I;
+    const float* bb = b[l] + r * O;
+    float* wt = reinterpret_cast<float*>(n.WT[l]);
+    float* wp = reinterpret_cast<float*>(n.Wp[l]);
+    float* bias = reinterpret_cast<float*>(n.bias[l]);
+    // Padded lanes back to zero: a diverged replica before this one may have left NaN there.
+    std::memset(wt, 0, sizeof(float) * I * PO);
+    std::memset(wp, 0, sizeof(float) * O * PI);
+    std::memset(bias, 0, sizeof(float) * PO);
+    for (int o = 0; o < O; ++o) {
+      bias[o] = bb[o];
+      for (int i = 0; i < I; ++i) {
+        wt[i * PO + o] = w[o * I + i];
+        wp[o * PI + i] = w[o * I + i];
+      }
+    }
+  }
+}
+
+// Write replica r's parameters and the last step's gradients back to the model's tensors.
+static void store(const Net& n, float* const* W, float* const* b, float* const* gW,
+                  float* const* gb, long r) {
+  for (int l = 0; l < NL; ++l) {
+    const int I = in_of(l), O = out_of(l), PO = nvec(O) * V;
+    const float* wt = reinterpret_cast<const float*>(n.WT[l]);
+    const float* gwt = reinterpret_cast<const float*>(n.gWT[l]);
+    const float* bias = reinterpret_cast<const float*>(n.bias[l]);
+    const float* gbias = reinterpret_cast<const float*>(n.gb[l]);
+    for (int o = 0; o < O; ++o) {
+      b[l][r * O + o] = bias[o];
+      gb[l][r * O + o] = gbias[o];
+      for (int i = 0; i < I; ++i) {
+        W[l][(r * O + o) * I + i] = wt[i * PO + o];
+        gW[l][(r * O + o) * I + i] = gwt[i * PO + o];
+      }
+    }
+  }
+}
+
+// h[l] = act(A . W^T + b) for layers l..NL-1; layer 0 reads x ([rows][in], contiguous).
+template <int l>
+static inline void forward(Net& n, const float* x, int rows) {
+  constexpr int I = in_of(l), O = out_of(l), NVO = nvec(O);
+  const float* A = l == 0 ? x : reinterpret_cast<const float*>(n.h[l == 0 ? 0 : l - 1]);
+  const int ars = l == 0 ? I : nvec(I) * V;
+  gemm<NVO, EPI_BIAS_ACT, ACTS[l]>(rows, I, A, ars, 1, n.WT[l], n.bias[l], n.h[l], n.h[l]);
+  if constexpr (l + 1 < NL) forward<l + 1>(n, x, rows);
+}
+
+// g[NL-1] = dLoss/dOutput for the mean loss over the batch's rows x outputs; returns that loss
+// when `want_loss`. Padded lanes are written as zeros.
+static inline double loss_grad(Net& n, const float* y, int rows, bool want_loss) {
+  constexpr int O = out_of(NL - 1), PO = nvec(O) * V;
+  const float* z = reinterpret_cast<const float*>(n.h[NL - 1]);
+  float* g = reinterpret_cast<float*>(n.g[NL - 1]);
+  const float count = float(rows) * float(O);
+  const float c = (LOSS == MSE ? 2.0f : 1.0f) / count;
+  double sum = 0.0;
+  for (int r = 0; r < rows; ++r) {
+    for (int o = 0; o < O; ++o) {
+      const float d = z[r * PO + o] - y[r * O + o];
+      if (LOSS == MSE) {
+        g[r * PO + o] = c * d;
+        if (want_loss) sum += double(d) * double(d);
+      } else {
+        g[r * PO + o] = d > 0.0f ? c : (d < 0.0f ? -c : d * c);  // sign; keeps 0 and NaN
+        if (want_loss) sum += d < 0.0f ? -double(d) : double(d);
+      }
+    }
+    for (int o = O; o < PO; ++o) g[r * PO + o] = 0.0f;
+  }
+  return sum / double(count);
+}
+
+// Gradients of layers l..0 from g[l], using the weights before this step's update.
+template <int l>
+static inline void backward(Net& n, const float* x, int rows) {
+  constexpr int I = in_of(l), O = out_of(l), NVO = nvec(O), NVI = nvec(I);
+  const float* A = l == 0 ? x : reinterpret_cast<const float*>(n.h[l == 0 ? 0 : l - 1]);
+  const int hs = l == 0 ? I : NVI * V;
+  // gW^T[i][:] = sum over rows of h[r][i] g[r][:]
+  gemm<NVO, EPI_STORE, NONE>(I, rows, A, 1, hs, n.g[l], nullptr, n.gWT[l], n.gWT[l]);
+  const vf* g = n.g[l];
+  for (int c = 0; c < NVO; ++c) {
+    vf s{};
+    for (int r = 0; r < rows; ++r) s += g[r * NVO + c];
+    n.gb[l][c] = s;
+  }
+  if constexpr (l > 0) {
+    // g[l-1][r][:] = (sum_o g[l][r][o] W[o][:]) * f'(z[l-1][r][:])
+    gemm<NVI, EPI_TIMES_DACT, ACTS[l - 1]>(rows, O, reinterpret_cast<const float*>(g), NVO * V,
+                                           1, n.Wp[l], nullptr, n.h[l - 1], n.g[l - 1]);
+    backward<l - 1>(n, x, rows);
+  }
+}
+
+template <int l>
+static inline void update(Net& n, float lr) {
+  constexpr int I = in_of(l), O = out_of(l), NVO = nvec(O), NVI = nvec(I);
+  vf* wt = n.WT[l];
+  const vf* gwt = n.gWT[l];
+  for (int k = 0; k < I * NVO; ++k) wt[k] = wt[k] - lr * gwt[k];
+  for (int c = 0; c < NVO; ++c) n.bias[l][c] = n.bias[l][c] - lr * n.gb[l][c];
+  if constexpr (l > 0) {  // the input-gradient copy; layer 0 has none
+    float* wp = reinterpret_cast<float*>(n.Wp[l]);
+    const float* w = reinterpret_cast<const float*>(wt);
+    for (int o = 0; o < O; ++o)
+      for (int i = 0; i < I; ++i) wp[o * NVI * V + i] = w[i * NVO * V + o];
+  }
+  if constexpr (l + 1 < NL) update<l + 1>(n, lr);
+}
+
+}  // namespace mt
+
+extern "C" {
+
+int mt_layers(void) { return NL; }
+
+// SGD over each replica's rows in order, in batches of `batch` rows (the last may be smaller).
+// x: [R][N][in], y: [R][N][out]; W, b, gW, gb: one [R, out, in] / [R, out] tensor per layer;
+// lr: [R]; loss_out: [R] or null, each replica's batch losses are added to it.
+int mt_train(long R, long N, int batch, const float* x, const float* y, float* const* W,
+             float* const* b, float* const* gW, float* const* gb, const float* lr,
+             double* loss_out) {
+  using namespace mt;
+  constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1);
+  if (batch < 1 || N < 1) return 2;
+  Net n;
+  if (!net_alloc(n, batch)) return 1;
+  for (long r = 0; r < R; ++r) {
+    load(n, W, b, r);
+    double loss = 0.0;
+    for (long s = 0; s < N; s += batch) {
+      const int rows = int(N - s < batch ? N - s : batch);
+      const float* xs = x + (r * N + s) * IN0;
+      const float* ys = y + (r * N + s) * OUTL;
+      forward<0>(n, xs, rows);
+      loss += loss_grad(n, ys, rows, loss_out != nullptr);
+      backward<NL - 1>(n, xs, rows);
+      update<0>(n, lr[r]);
+    }
+    store(n, W, b, gW, gb, r);
+    if (loss_out) loss_out[r] += loss;
+  }
+  std::free(n.mem);
+  return 0;
+}
+
+// out[R][N][out] = the model's output for x[R][N][in].
+int mt_forward(long R, long N, const float* x, float* const* W, float* const* b, float* out) {
+  using namespace mt;
+  constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1), PO = nvec(OUTL) * V, CHUNK = 64;
+  Net n;
+  if (!net_alloc(n, CHUNK)) return 1;
+  for (long r = 0; r < R; ++r) {
+    load(n, W, b, r);
+    for (long s = 0; s < N; s += CHUNK) {
+      const int rows = int(N - s < CHUNK ? N - s : CHUNK);
+      forward<0>(n, x + (r * N + s) * IN0, rows);
+      const float* z = reinterpret_cast<const float*>(n.h[NL - 1]);
+      float* o = out + (r * N + s) * OUTL;
+      for (int i = 0; i < rows; ++i)
+        for (int k = 0; k < OUTL; ++k) o[i * OUTL + k] = z[i * PO + k];
+    }
+  }
+  std::free(n.mem);
+  return 0;
+}
+
+}  // extern "C"
