@@ -154,6 +154,10 @@ def train_replicas(
         encoding=encoding,
     )
     workers = min(workers, len(seeds))
+    try:  # build the native kernel once, here, rather than in every worker at once
+        mt.native.load((IN_FEATURES, *hidden, OUT_FEATURES), tuple(activations), loss)
+    except mt.native.NativeUnavailable:
+        pass  # FusedMLPStep says so and falls back to the torch kernels
     if workers == 1:
         return _train_shard(seeds, rates, progress=progress, **kwargs)
     # Contiguous shards; this process trains the first while the others train the rest.
@@ -221,7 +225,6 @@ def _train_shard_body(
     x_flat = train.x.reshape(R * n_train, IN_FEATURES)
     y_flat = train.targets.reshape(R * n_train, OUT_FEATURES)
     offsets = (torch.arange(R) * n_train).unsqueeze(1)
-    n_full = n_train // batch_size
     params = [p for p, _ in model.params()]
 
     def record(k: int) -> None:
@@ -239,18 +242,10 @@ def _train_shard_body(
     t_train = time.perf_counter()
     for epoch in range(1, epochs + 1):
         perm = torch.stack([torch.randperm(n_train, generator=g) for g in shufflers])
-        flat = perm + offsets  # rows of x_flat, per replica
-        # Batch-major copies: batch s of every replica is one contiguous [R, B, 2] block.
-        idx = flat[:, : n_full * batch_size].reshape(R, n_full, batch_size).transpose(0, 1)
-        xb = x_flat.index_select(0, idx.reshape(-1)).view(n_full, R, batch_size, IN_FEATURES)
-        yb = y_flat.index_select(0, idx.reshape(-1)).view(n_full, R, batch_size, OUT_FEATURES)
-        for s in range(n_full):
-            fused.step(xb[s], yb[s])
-        if n_full * batch_size < n_train:  # the last, smaller batch
-            rest = flat[:, n_full * batch_size :].reshape(-1)
-            rx = x_flat.index_select(0, rest).view(R, -1, IN_FEATURES)
-            ry = y_flat.index_select(0, rest).view(R, -1, OUT_FEATURES)
-            fused.step(rx, ry)
+        flat = (perm + offsets).reshape(-1)  # rows of x_flat, each replica in its own order
+        xs = x_flat.index_select(0, flat).view(R, n_train, IN_FEATURES)
+        ys = y_flat.index_select(0, flat).view(R, n_train, OUT_FEATURES)
+        fused.epoch(xs, ys, batch_size)  # batches of batch_size rows; the last may be smaller
         # A non-finite loss makes the gradients, hence the parameters, non-finite at once; one
         # check per epoch on per-replica parameter sums (which propagate inf/nan) finds it. (A
         # sum can also overflow for weights near 1e37: such a replica is diverging anyway.)

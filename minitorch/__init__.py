@@ -3,6 +3,7 @@
 No torch.autograd, torch.nn or torch.optim inside: every module computes its own backward.
 """
 
+from minitorch import native
 from minitorch.activations import ACTIVATIONS, ReLU, Sigmoid, Tanh
 from minitorch.fused import FusedMLPStep
 from minitorch.init import INIT_SCHEMES, init_linear, seeded_generator
@@ -29,5 +30,6 @@ __all__ = [
     "Tanh",
     "init_linear",
     "mlp",
+    "native",
     "seeded_generator",
 ]
