@@ -118,10 +118,10 @@ def _build(cxx: str, src: str, target: Path) -> None:
         cmd = [cxx, *FLAGS, "-I", str(CSRC), str(cpp), "-o", str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:]) or "(no output)"
             raise NativeUnavailable(
                 f"building the native kernel failed ({' '.join(cmd)}), exit code "
-                f"{done.returncode}:\n{tail}"
+                f"{done.returncode}; the compiler said: {tail}"
             )
         # A private name in the target directory, then an atomic rename: concurrent builders
         # of the same kernel never see a half-written library.

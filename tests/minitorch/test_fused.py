@@ -79,3 +79,133 @@ def test_fused_refuses_other_shapes():
     model = mt.Sequential(mt.Linear(2, 3), mt.Linear(3, 2))
     with pytest.raises(TypeError, match=r"module 1 is Linear\(in_features=3, out_features=2\)"):
         mt.FusedMLPStep(model, mt.MSE(), mt.SGD(model.params(), 0.1))
+
+
+# --- the native kernel -------------------------------------------------------------------------
+
+
+def wide_model(replicas, acts=("tanh", "relu", "sigmoid"), loss="mse", lr=0.2):
+    """Widths that give the native kernel's every block shape: 1, 3, 4 and 5 vectors a row."""
+    gen = [mt.seeded_generator(s, "init") for s in range(replicas)]
+    model = mt.mlp((3, 25, 40, 17, 3), acts, replicas=replicas, generator=gen)
+    return model, mt.LOSSES[loss](replicas=replicas), mt.SGD(model.params(), lr)
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "mae"])
+def test_native_epoch_equals_module_steps_with_a_short_last_batch(loss_name):
+    R, N, B = 3, 30, 7  # batches of 7, 7, 7, 7, 2: full and partial register blocks
+    ref_model, ref_loss, ref_opt = wide_model(R, loss=loss_name)
+    model, loss, opt = wide_model(R, loss=loss_name)
+    fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(R, N, 3, generator=gen), torch.rand(R, N, 3, generator=gen)
+    sums, ref_sums = torch.zeros(R, dtype=torch.float64), torch.zeros(R, dtype=torch.float64)
+    for _ in range(3):
+        fused.epoch(x, y, B, sums)
+        for s in range(0, N, B):
+            ref_sums += ref_loss(ref_model(x[:, s : s + B]), y[:, s : s + B]).double()
+            ref_opt.zero_grad()
+            ref_model.backward(ref_loss.backward())
+            ref_opt.step()
+    for (p, g), (rp, rg) in zip(model.params(), ref_model.params(), strict=True):
+        torch.testing.assert_close(p, rp, rtol=0, atol=2e-6)
+        torch.testing.assert_close(g, rg, rtol=0, atol=2e-6)  # the last step's gradients
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=0)
+    x_eval = torch.rand(R, 130, 3, generator=gen)  # more rows than one forward chunk (64)
+    torch.testing.assert_close(fused.forward(x_eval), ref_model(x_eval), rtol=0, atol=2e-6)
+
+
+def test_torch_kernels_epoch_equals_native_epoch():
+    runs = []
+    for kernel in ("native", "numpy", "torch"):
+        model, loss, opt = wide_model(2)
+        gen = torch.Generator().manual_seed(4)
+        x, y = torch.rand(2, 23, 3, generator=gen), torch.rand(2, 23, 3, generator=gen)
+        mt.FusedMLPStep(model, loss, opt, kernel=kernel).epoch(x, y, 5)
+        runs.append([p.clone() for p, _ in model.params()])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+
+
+def test_native_extreme_inputs_saturate_like_torch():
+    x = torch.tensor([[1e4, -1e4, 3e3], [-1e30, 1e30, 0.0], [0.0, 0.0, 0.0]]).expand(2, 3, 3)
+    for acts in [("tanh",) * 3, ("sigmoid",) * 3]:
+        model, loss, opt = wide_model(2, acts=acts)
+        fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
+        torch.testing.assert_close(fused.forward(x), model(x), rtol=0, atol=1e-6)
+    # relu passes the large values on: equal up to float32 rounding of sums near 1e30
+    model, loss, opt = wide_model(2, acts=("relu",) * 3)
+    fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
+    torch.testing.assert_close(fused.forward(x), model(x), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("acts", [("tanh",) * 3, ("relu", "relu", "sigmoid")])
+def test_native_nan_replica_stays_nan_and_alone(acts):
+    """A diverged (NaN) replica must not touch its neighbours, even through padded lanes."""
+    model, loss, opt = wide_model(3, acts=acts)
+    ref_model, ref_loss, ref_opt = wide_model(3, acts=acts)
+    for p, _ in model.params():
+        p[1] = float("nan")
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.rand(3, 20, 3, generator=gen), torch.rand(3, 20, 3, generator=gen)
+    mt.FusedMLPStep(model, loss, opt, kernel="native").epoch(x, y, 5)
+    mt.FusedMLPStep(ref_model, ref_loss, ref_opt, kernel="native").epoch(x, y, 5)
+    for (p, _), (rp, _) in zip(model.params(), ref_model.params(), strict=True):
+        assert torch.isnan(p[1]).all()
+        torch.testing.assert_close(p[[0, 2]], rp[[0, 2]], rtol=0, atol=0)
+
+
+def test_native_build_is_cached_once_per_architecture(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(tmp_path))
+    mt.native.load.cache_clear()
+    try:
+        lib = mt.native.load((2, 5, 2), ("tanh",), "mae")
+        assert lib.mt_layers() == 2
+        built = [p.name for p in tmp_path.iterdir()]
+        assert len(built) == 1 and built[0].startswith("mlp_2-5-2_") and built[0].endswith(".so")
+        mt.native.load.cache_clear()
+        mtime = (tmp_path / built[0]).stat().st_mtime_ns
+        mt.native.load((2, 5, 2), ("tanh",), "mae")  # from disk, not rebuilt
+        assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
+        assert [p.name for p in tmp_path.iterdir()] == built
+    finally:
+        mt.native.load.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "cxx, message",
+    [
+        ("no-such-compiler", r"no C\+\+ compiler: 'no-such-compiler' is not on PATH"),
+        ("false", r"building the native kernel failed \(.*false -O3.*\), exit code 1"),
+    ],
+)
+def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path, monkeypatch, cxx,
+                                                                 message):  # fmt: skip
+    monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", cxx)
+    mt.native.load.cache_clear()
+    mt.native._compiler.cache_clear()
+    try:
+        model, loss, opt = build(("tanh",) * 3, 2, torch.float32, "mse", 0.1)
+        with pytest.raises(ValueError, match=r"kernel='native' cannot be used: " + message):
+            mt.FusedMLPStep(model, loss, opt, kernel="native")
+        with pytest.warns(RuntimeWarning, match=r"native kernel is unavailable .*slower torch"):
+            fused = mt.FusedMLPStep(model, loss, opt)
+        fused.epoch(torch.rand(2, 10, 2), torch.rand(2, 10, 2), 5)  # still trains, on torch
+        assert all(torch.isfinite(p).all() for p, _ in model.params())
+        assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+    finally:
+        mt.native.load.cache_clear()
+        mt.native._compiler.cache_clear()
+
+
+def test_native_refuses_mismatched_inputs():
+    model, loss, opt = wide_model(2)
+    fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
+    with pytest.raises(ValueError, match=r"x has shape \[3, 10, 3\]; expected \[2, rows, 3\]"):
+        fused.epoch(torch.rand(3, 10, 3), torch.rand(3, 10, 3), 5)
+    with pytest.raises(ValueError, match=r"x has 10 rows and y 9; they must match"):
+        fused.epoch(torch.rand(2, 10, 3), torch.rand(2, 9, 3), 5)
+    with pytest.raises(ValueError, match=r"batch_size=0; expected >= 1"):
+        fused.epoch(torch.rand(2, 10, 3), torch.rand(2, 10, 3), 0)
