@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from experiments.config import ConfigError, repo_root
@@ -187,6 +189,7 @@ class Tracker:
             self.client, experiment, artifact_location(uri, experiment)
         )
         self.open_runs: list[str] = []
+        self.artifact_uris: dict[str, str] = {}  # of the runs this tracker created
         self.bulk_used = False  # whether the sqlite fast path did the last bulk_log
 
     def start_run(
@@ -211,7 +214,13 @@ class Tracker:
             run_name=name[:250],
         )
         self.open_runs.append(run.info.run_id)
+        self.artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
+
+    def artifact_repo(self, run_id: str) -> ArtifactRepository:
+        """The artifact store of a run this tracker created: no tracking-store query, so it
+        can be used from a forked process (which must not share the store's connections)."""
+        return get_artifact_repository(self.artifact_uris[run_id], tracking_uri=self.uri)
 
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:
