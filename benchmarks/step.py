@@ -5,9 +5,10 @@ Everything is measured in this one process, as medians of repeated blocks, at 1 
 
   torch.nn     torch.nn.Sequential + autograd + torch.optim.SGD, one model
   modules      minitorch Sequential.forward/backward + SGD.step, one model
-  fused        minitorch FusedMLPStep (the harness's path), one model
-  fused R=k    FusedMLPStep on k replicas at once; reported per replica-epoch (kernel "auto":
-               numpy's BLAS for the backward's products at 1 thread; R=110 also with "torch")
+  fused        minitorch FusedMLPStep.epoch (the harness's path), one model, kernel "auto"
+               (= "native", the compiled kernel), and the portable "numpy" and "torch" kernels
+  fused R=k    FusedMLPStep.epoch on k replicas at once; reported per replica-epoch (native;
+               R=110 also with the numpy and torch kernels)
 
 Then the 110-replica training loop of the harness (`train_replicas`, 1 eval every 10 epochs)
 with one 1-thread process, one 2-thread process, and two 1-thread worker processes.
@@ -57,17 +58,17 @@ def epoch_minitorch(replicas: int | None, fused: bool, kernel: str = "auto"):
     loss = mt.MSE(replicas=replicas)
     opt = mt.SGD(model.params(), 0.01)
     lead = () if replicas is None else (replicas,)
-    x = torch.rand(STEPS, *lead, BATCH, 2)
-    y = torch.rand(STEPS, *lead, BATCH, 2)
-    step = mt.FusedMLPStep(model, loss, opt, kernel=kernel).step
+    x = torch.rand(*lead, STEPS * BATCH, 2)  # each replica's rows in its (shuffled) order
+    y = torch.rand(*lead, STEPS * BATCH, 2)
+    fused_step = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
 
     def run_fused():
-        for s in range(STEPS):
-            step(x[s], y[s])
+        fused_step.epoch(x, y, BATCH)
 
     def run_modules():
-        for s in range(STEPS):
-            loss(model(x[s]), y[s])
+        for s in range(0, STEPS * BATCH, BATCH):
+            xb, yb = x[..., s : s + BATCH, :], y[..., s : s + BATCH, :]
+            loss(model(xb), yb)
             opt.zero_grad()
             model.backward(loss.backward())
             opt.step()
@@ -119,7 +120,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 10, 110, 1000])
-    ap.add_argument("--workers-epochs", type=int, default=60, help="0 skips the workers block")
+    ap.add_argument(
+        "--workers-epochs",
+        type=int,
+        default=300,
+        help="epochs per run of the workers block (fork and merge are fixed costs: fewer epochs "
+        "understate the steady state); 0 skips the block",
+    )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}; epoch = {STEPS} steps x batch {BATCH}; model {SIZES} Tanh")
@@ -130,19 +137,23 @@ def main() -> None:
         rows = [("torch.nn + autograd", base, 1)]
         rows.append(("minitorch modules", median_ms(epoch_minitorch(None, False), args.repeats), 1))
         rows.append(("minitorch fused", median_ms(epoch_minitorch(None, True), args.repeats), 1))
+        for kernel in ("numpy", "torch"):
+            ms = median_ms(epoch_minitorch(None, True, kernel), args.repeats)
+            rows.append((f"  {kernel} kernel", ms, 1))
         for r in args.replicas:
             ms = median_ms(epoch_minitorch(r, True), args.repeats)
             rows.append((f"minitorch fused R={r}", ms / r, r))
-            if r == 110:  # the same with torch.bmm for the backward's products too
-                ms = median_ms(epoch_minitorch(r, True, "torch"), args.repeats)
-                rows.append(("  R=110, torch kernel", ms / r, r))
+            if r == 110:  # the same model on the portable kernels
+                for kernel in ("numpy", "torch"):
+                    ms = median_ms(epoch_minitorch(r, True, kernel), args.repeats)
+                    rows.append((f"  R=110, {kernel} kernel", ms / r, r))
         print(f"threads={threads}")
         print(f"  {'variant':<26}{'ms/epoch':>10}{'x torch.nn':>12}{'speed-up':>10}")
         for name, ms, _ in rows:
             print(f"  {name:<26}{ms:>10.3f}{ms / base:>12.3f}{base / ms:>9.1f}x")
         print()
     if args.workers_epochs:
-        workers_block(args.repeats, args.workers_epochs)
+        workers_block(min(args.repeats, 3), args.workers_epochs)
 
 
 if __name__ == "__main__":
