@@ -107,6 +107,31 @@ static inline vf dact(vf a) {
   }
 }
 
+// dst[c * ds] = column c of the 8 x 8 block whose row r is src[r * ss] (V = 8 floats).
+static inline void transpose8(const vf* src, int ss, vf* dst, int ds) {
+  static_assert(V == 8, "transpose8 is written for 8-float vectors");
+  vf r[8], t[8], u[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = src[i * ss];
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {  // interleave row pairs
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {  // then pairs of pairs
+    u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // then the 128-bit halves
+    dst[i * ds] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    dst[(i + 4) * ds] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
 enum { EPI_STORE = 0, EPI_BIAS_ACT = 1, EPI_TIMES_DACT = 2 };
 
 // C[r][c0 .. c0+CH) = epilogue(sum_k A[r*ars + k*aks] * Bm[k][c0 .. c0+CH)) for RB rows.

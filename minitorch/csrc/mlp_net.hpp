@@ -7,6 +7,8 @@
 
 namespace mt {
 
+// WT and gWT have P(in) rows and Wp has P(out) rows, the padding rows of WT and gWT zero, so
+// that Wp is refreshed from WT by whole 8 x 8 block transposes.
 struct Net {
   vf* WT[NL];
   vf* Wp[NL];
@@ -26,7 +28,7 @@ static bool net_alloc(Net& n, int rows) {
   size_t total = 0;  // in vectors
   for (int l = 0; l < NL; ++l) {
     size_t I = in_of(l), O = out_of(l), NVO = nvec(O), NVI = nvec(I);
-    total += 2 * I * NVO + O * NVI + 2 * NVO + 2 * size_t(rows) * NVO;
+    total += 2 * (NVI * V) * NVO + (NVO * V) * NVI + 2 * NVO + 2 * size_t(rows) * NVO;
   }
   size_t bytes = (total * sizeof(vf) + 63) / 64 * 64;
   n.mem = std::aligned_alloc(64, bytes);
@@ -35,9 +37,9 @@ static bool net_alloc(Net& n, int rows) {
   vf* p = static_cast<vf*>(n.mem);
   for (int l = 0; l < NL; ++l) {
     int I = in_of(l), O = out_of(l), NVO = nvec(O), NVI = nvec(I);
-    n.WT[l] = p; p += I * NVO;
-    n.gWT[l] = p; p += I * NVO;
-    n.Wp[l] = p; p += O * NVI;
+    n.WT[l] = p; p += NVI * V * NVO;
+    n.gWT[l] = p; p += NVI * V * NVO;
+    n.Wp[l] = p; p += NVO * V * NVI;
     n.bias[l] = p; p += NVO;
     n.gb[l] = p; p += NVO;
     n.h[l] = p; p += size_t(rows) * NVO;
@@ -56,8 +58,8 @@ static void load(Net& n, float* const* W, float* const* b, long r) {
     float* wp = reinterpret_cast<float*>(n.Wp[l]);
     float* bias = reinterpret_cast<float*>(n.bias[l]);
     // Padded lanes back to zero: a diverged replica before this one may have left NaN there.
-    std::memset(wt, 0, sizeof(float) * I * PO);
-    std::memset(wp, 0, sizeof(float) * O * PI);
+    std::memset(wt, 0, sizeof(float) * PI * PO);
+    std::memset(wp, 0, sizeof(float) * PO * PI);
     std::memset(bias, 0, sizeof(float) * PO);
     for (int o = 0; o < O; ++o) {
       bias[o] = bb[o];
@@ -153,11 +155,10 @@ static inline void update(Net& n, float lr) {
   const vf* gwt = n.gWT[l];
   for (int k = 0; k < I * NVO; ++k) wt[k] = wt[k] - lr * gwt[k];
   for (int c = 0; c < NVO; ++c) n.bias[l][c] = n.bias[l][c] - lr * n.gb[l][c];
-  if constexpr (l > 0) {  // the input-gradient copy; layer 0 has none
-    float* wp = reinterpret_cast<float*>(n.Wp[l]);
-    const float* w = reinterpret_cast<const float*>(wt);
-    for (int o = 0; o < O; ++o)
-      for (int i = 0; i < I; ++i) wp[o * NVI * V + i] = w[i * NVO * V + o];
+  if constexpr (l > 0) {  // the input-gradient copy (layer 0 has none): Wp = WT^T
+    for (int ib = 0; ib < NVI; ++ib)
+      for (int ob = 0; ob < NVO; ++ob)
+        transpose8(wt + ib * V * NVO + ob, NVO, n.Wp[l] + ob * V * NVI + ib, NVI);
   }
   if constexpr (l + 1 < NL) update<l + 1>(n, lr);
 }
