@@ -194,9 +194,15 @@ static inline void row_block(int K, const float* A, int ars, int aks, const vf* 
 template <int NV, int EPI, int ACT>
 static void gemm(int rows, int K, const float* A, int ars, int aks, const vf* Bm,
                  const vf* bias, const vf* H, vf* C) {
-  constexpr int CH = NV < 4 ? NV : 4;                    // vectors per column block
-  constexpr int RB = CH >= 3 ? 4 : (CH == 2 ? 6 : 8);  // rows per block: <= 16 accumulators
-  int r = 0;
+  // Rows x vectors per block: as many accumulators as the registers allow (16 vector
+  // registers with AVX2, 32 with AVX-512VL). 5 rows also divide the report's 25 evenly.
+  constexpr int CH = NV < 4 ? NV : 4;
+#if defined(__AVX512VL__)
+  constexpr int RB = CH >= 3 ? 5 : (CH == 2 ? 8 : 12);
+#else
+  constexpr int RB = CH >= 3 ? 3 : (CH == 2 ? 5 : 8);
+#endif
+  long r = 0;
   for (; r + RB <= rows; r += RB)
     row_block<NV, CH, RB, EPI, ACT>(K, A + r * ars, ars, aks, Bm, bias, H + r * NV, C + r * NV);
   for (; r < rows; ++r)
