@@ -110,23 +110,23 @@ def log_replicas(
     t0 = time.perf_counter()
     curves = curves_of(result)
     seeds = result.seeds
-    run_ids = []
-    for r, seed in enumerate(seeds):
-        diverged = bool(result.diverged[r])
-        run_ids.append(
-            tracker.start_run(
+    run_ids = tracker.start_runs(
+        [
+            (
                 f"seed {seed}",
                 {
                     **tags,
                     "mtl.kind": "replica",
                     "mtl.job_run_id": job_run_id,
                     "mtl.seed": str(seed),
-                    "mtl.diverged": "true" if diverged else "false",
+                    "mtl.diverged": "true" if bool(result.diverged[r]) else "false",
                 },
-                parent_run_id=job_run_id,
-                start_time=start_time,
             )
-        )
+            for r, seed in enumerate(seeds)
+        ],
+        parent_run_id=job_run_id,
+        start_time=start_time,
+    )
     t1 = time.perf_counter()
     t_metrics = 0.0
     # The files and figures (CPU-bound, no tracking store involved) are made in a forked
@@ -148,8 +148,7 @@ def log_replicas(
     finally:
         writer.stop()
     t3 = time.perf_counter()
-    for run_id in run_ids:
-        tracker.end_run(run_id, "FINISHED")
+    tracker.end_runs(run_ids, "FINISHED")
     t4 = time.perf_counter()
     return {
         "create": t1 - t0,

@@ -200,22 +200,40 @@ class Tracker:
         start_time: int | None = None,
     ) -> str:
         """Create a RUNNING run with its tags; its id is remembered until it is ended."""
-        tags = dict(tags)
-        tags.setdefault("mlflow.user", _user())
-        tags.setdefault("mlflow.source.name", "experiments.train")
-        tags.setdefault("mlflow.source.type", "LOCAL")
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
         run = retry(
             self.client.create_run,
             self.experiment_id,
             start_time=start_time,
-            tags={k: str(v)[:8000] for k, v in tags.items()},
+            tags=_run_tags(tags, parent_run_id),
             run_name=name[:250],
         )
         self.open_runs.append(run.info.run_id)
         self.artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
+
+    def start_runs(
+        self,
+        runs: list[tuple[str, Mapping[str, str]]],
+        parent_run_id: str | None = None,
+        start_time: int | None = None,
+    ) -> list[str]:
+        """`start_run` for many (name, tags) at once: one transaction on sqlite."""
+        if self.uri.startswith("sqlite:"):
+            try:
+                created = _sqlite_create_runs(
+                    self.client,
+                    self.experiment_id,
+                    [(name[:250], _run_tags(tags, parent_run_id)) for name, tags in runs],
+                    start_time if start_time is not None else now_ms(),
+                )
+            except _NoFastPath as exc:
+                log.info("bulk run creation not available (%s); creating one by one", exc)
+            else:
+                for run_id, artifact_uri in created:
+                    self.open_runs.append(run_id)
+                    self.artifact_uris[run_id] = artifact_uri
+                return [run_id for run_id, _ in created]
+        return [self.start_run(name, tags, parent_run_id, start_time) for name, tags in runs]
 
     def artifact_repo(self, run_id: str) -> ArtifactRepository:
         """The artifact store of a run this tracker created: no tracking-store query, so it
@@ -228,6 +246,20 @@ class Tracker:
         retry(self.client.set_terminated, run_id, status)
         if run_id in self.open_runs:
             self.open_runs.remove(run_id)
+
+    def end_runs(self, run_ids: list[str], status: str = "FINISHED") -> None:
+        """`end_run` for many runs at once: one UPDATE on sqlite."""
+        if self.uri.startswith("sqlite:") and run_ids:
+            try:
+                retry(_sqlite_end_runs, self.client, run_ids, status, now_ms())
+            except _NoFastPath as exc:
+                log.info("bulk run ending not available (%s); ending one by one", exc)
+            else:
+                done = set(run_ids)
+                self.open_runs = [r for r in self.open_runs if r not in done]
+                return
+        for run_id in run_ids:
+            self.end_run(run_id, status)
 
     def end_all(self, status: str, error: str | None = None) -> None:
         """End every run still open (newest first); never raises: it runs on the error path."""
@@ -272,6 +304,17 @@ class Tracker:
             self.log_batch(run_id, metrics, params)
 
 
+def _run_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str, str]:
+    """A run's tags as the harness writes them: the caller's, plus MLflow's system tags."""
+    tags = dict(tags)
+    tags.setdefault("mlflow.user", _user())
+    tags.setdefault("mlflow.source.name", "experiments.train")
+    tags.setdefault("mlflow.source.type", "LOCAL")
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return {k: str(v)[:8000] for k, v in tags.items()}
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -290,6 +333,99 @@ _METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
 _PARAM_COLUMNS = ("key", "value", "run_uuid")
 
 
+def _sql_store(client: MlflowClient) -> Any:
+    """The client's SQLAlchemy store, or _NoFastPath."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = client._tracking_client.store
+    except Exception as exc:
+        raise _NoFastPath(f"MLflow internals moved: {exc}") from None
+    if type(store) is not SqlAlchemyStore:  # not a subclass either (e.g. workspace scoping)
+        raise _NoFastPath(f"store is {type(store).__name__}")
+    return store
+
+
+_RUN_FIELDS = {"name", "artifact_uri", "run_uuid", "experiment_id", "source_type", "source_name",
+               "entry_point_name", "user_id", "status", "start_time", "end_time", "deleted_time",
+               "source_version", "lifecycle_stage"}  # fmt: skip
+
+
+def _sqlite_create_runs(
+    client: MlflowClient, experiment_id: str, runs: list[tuple[str, dict[str, str]]], start: int
+) -> list[tuple[str, str]]:
+    """Create RUNNING runs with their tags in one transaction, with exactly the fields MLflow's
+    SqlAlchemyStore.create_run sets (tests/experiments/test_logging.py compares the two);
+    returns (run id, artifact uri) pairs."""
+    store = _sql_store(client)
+    try:
+        import uuid
+
+        from mlflow.entities import LifecycleStage, RunStatus, SourceType
+        from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+        from mlflow.utils.uri import append_to_uri_path
+
+        if not _RUN_FIELDS <= set(SqlRun.__table__.columns.keys()) or hasattr(SqlRun, "workspace"):
+            raise _NoFastPath(f"runs table has columns {list(SqlRun.__table__.columns.keys())}")
+        experiment = client.get_experiment(experiment_id)
+        if experiment.lifecycle_stage != LifecycleStage.ACTIVE:
+            raise _NoFastPath(f"experiment {experiment_id} is {experiment.lifecycle_stage}")
+        folder = store.ARTIFACTS_FOLDER_NAME
+        rows, created = [], []
+        for name, tags in runs:
+            run_id = uuid.uuid4().hex
+            uri = append_to_uri_path(experiment.artifact_location, run_id, folder)
+            row = SqlRun(
+                name=name,
+                artifact_uri=uri,
+                run_uuid=run_id,
+                experiment_id=experiment_id,
+                source_type=SourceType.to_string(SourceType.UNKNOWN),
+                source_name="",
+                entry_point_name="",
+                user_id=tags.get("mlflow.user", "unknown"),
+                status=RunStatus.to_string(RunStatus.RUNNING),
+                start_time=start,
+                end_time=None,
+                deleted_time=None,
+                source_version="",
+                lifecycle_stage=LifecycleStage.ACTIVE,
+            )
+            all_tags = {**tags, "mlflow.runName": tags.get("mlflow.runName", name)}
+            row.tags = [SqlTag(key=k, value=v) for k, v in all_tags.items()]
+            rows.append(row)
+            created.append((run_id, uri))
+    except _NoFastPath:
+        raise
+    except Exception as exc:
+        raise _NoFastPath(f"MLflow internals moved: {exc}") from None
+
+    def write() -> None:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            session.add_all(rows)
+
+    retry(write)
+    return created
+
+
+def _sqlite_end_runs(client: MlflowClient, run_ids: list[str], status: str, end: int) -> None:
+    """Set status and end time of active runs, as MLflow's set_terminated, in one UPDATE."""
+    store = _sql_store(client)
+    try:
+        from mlflow.entities import LifecycleStage, RunStatus
+        from mlflow.store.tracking.dbmodels.models import SqlRun
+
+        value = RunStatus.to_string(RunStatus.from_string(status))
+    except Exception as exc:
+        raise _NoFastPath(f"MLflow internals moved: {exc}") from None
+    with store.ManagedSessionMaker(read_only=False) as session:
+        for i in range(0, len(run_ids), 500):  # sqlite's limit on bound parameters
+            session.query(SqlRun).filter(
+                SqlRun.run_uuid.in_(run_ids[i : i + 500]),
+                SqlRun.lifecycle_stage == LifecycleStage.ACTIVE,
+            ).update({"status": value, "end_time": end}, synchronize_session=False)
+
+
 def _sqlite_bulk_insert(
     client: MlflowClient, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]
 ) -> None:
@@ -297,15 +433,11 @@ def _sqlite_bulk_insert(
     using the store's engine and table definitions; for runs created moments ago by this
     process, so there is nothing to merge with. Raises _NoFastPath before writing anything
     if the store is not the SQLAlchemy store this was written against."""
+    store = _sql_store(client)
     try:
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = client._tracking_client.store
     except Exception as exc:
         raise _NoFastPath(f"MLflow internals moved: {exc}") from None
-    if not isinstance(store, SqlAlchemyStore):
-        raise _NoFastPath(f"store is {type(store).__name__}")
     tables = {
         SqlMetric.__table__: _METRIC_COLUMNS,
         SqlLatestMetric.__table__: _METRIC_COLUMNS,

@@ -247,6 +247,30 @@ def test_bulk_insert_stores_what_log_batch_stores(tmp_path):
     assert latest_a == latest_b or (math.isnan(latest_a) and math.isnan(latest_b))
 
 
+def test_bulk_created_and_ended_runs_equal_mlflows_own(tmp_path):
+    tracker = Tracker(sqlite_uri(tmp_path), "bulk")
+    parent = tracker.start_run("job", {"k": "v"})
+    tags = {"mtl.kind": "replica", "mtl.seed": "3"}
+    own = tracker.start_run("seed 3", tags, parent_run_id=parent, start_time=1234)
+    fast = tracker.start_runs([("seed 3", tags), ("seed 4", tags)], parent, start_time=1234)
+    assert len(fast) == 2 and set(fast) <= set(tracker.open_runs)
+    tracker.end_run(own, "FINISHED")
+    tracker.end_runs(fast, "FINISHED")
+    assert tracker.open_runs == [parent]
+    client = tracker.client
+    a, b = client.get_run(own), client.get_run(fast[0])
+    fields = ["experiment_id", "run_name", "user_id", "status", "start_time", "lifecycle_stage"]
+    assert [getattr(a.info, f) for f in fields] == [getattr(b.info, f) for f in fields]
+    assert a.info.status == "FINISHED" and b.info.end_time >= a.info.end_time >= 1234
+    assert a.data.tags == b.data.tags and a.data.tags["mlflow.parentRunId"] == parent
+    assert a.data.tags["mlflow.runName"] == "seed 3"
+    assert b.info.artifact_uri == a.info.artifact_uri.replace(own, fast[0])
+    assert tracker.artifact_uris[fast[0]] == b.info.artifact_uri
+    # The children are found as MLflow finds them.
+    found = client.search_runs([a.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert {r.info.run_id for r in found} == {own, *fast}
+
+
 def test_retry_waits_out_a_locked_database():
     calls = []
 
