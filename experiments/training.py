@@ -222,9 +222,6 @@ def _train_shard_body(
     diverged_epoch = torch.full((R,), -1, dtype=torch.int64)
     timings = {"data": time.perf_counter() - t0, "train": 0.0, "eval": 0.0}
 
-    x_flat = train.x.reshape(R * n_train, IN_FEATURES)
-    y_flat = train.targets.reshape(R * n_train, OUT_FEATURES)
-    offsets = (torch.arange(R) * n_train).unsqueeze(1)
     params = [p for p, _ in model.params()]
 
     def record(k: int) -> None:
@@ -242,10 +239,9 @@ def _train_shard_body(
     t_train = time.perf_counter()
     for epoch in range(1, epochs + 1):
         perm = torch.stack([torch.randperm(n_train, generator=g) for g in shufflers])
-        flat = (perm + offsets).reshape(-1)  # rows of x_flat, each replica in its own order
-        xs = x_flat.index_select(0, flat).view(R, n_train, IN_FEATURES)
-        ys = y_flat.index_select(0, flat).view(R, n_train, OUT_FEATURES)
-        fused.epoch(xs, ys, batch_size)  # batches of batch_size rows; the last may be smaller
+        # Each replica's rows in its own shuffled order, batch_size at a time (the last batch
+        # may be smaller); the native kernel reads them through perm, without a copy.
+        fused.epoch(train.x, train.targets, batch_size, order=perm)
         # A non-finite loss makes the gradients, hence the parameters, non-finite at once; one
         # check per epoch on per-replica parameter sums (which propagate inf/nan) finds it. (A
         # sum can also overflow for weights near 1e37: such a replica is diverging anyway.)

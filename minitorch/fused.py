@@ -195,19 +195,42 @@ class FusedMLPStep:
         return out[0] if self.replicas is None else out
 
     def epoch(
-        self, x: Tensor, y: Tensor, batch_size: int, loss_sum: Tensor | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        loss_sum: Tensor | None = None,
+        order: Tensor | None = None,
     ) -> None:
-        """SGD over all rows of x and y in order, `batch_size` rows per step (the last may be
-        fewer): the same as `step` on each batch in turn. x is [R, N, in] ([N, in] without
-        replicas), each replica's rows already in its shuffled order.
+        """SGD over the rows of x and y, `batch_size` rows per step (the last may be fewer): the
+        same as `step` on each batch in turn. x is [R, N, in] ([N, in] without replicas).
+
+        `order` ([R, M] int64, [M] without replicas) lists the rows each replica visits, e.g.
+        its shuffle for this epoch; without it the rows are visited as they are. The native
+        kernel reads the rows through it, so no shuffled copy of the data is made.
         """
         if batch_size < 1:
             raise ValueError(f"FusedMLPStep.epoch: batch_size={batch_size!r}; expected >= 1.")
         if self.replicas is None:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
+            order = None if order is None else order.unsqueeze(0)
+        if order is not None and (
+            order.dim() != 2 or order.shape[0] != x.shape[0] or order.dtype != torch.int64
+        ):
+            raise ValueError(
+                f"FusedMLPStep.epoch: order is {order.dtype} of shape {list(order.shape)}; "
+                f"expected int64 of shape [{x.shape[0]}, rows] (one row order per replica)."
+            )
         if self._native is not None:
-            self._native_train(x, y, batch_size, loss_sum)
+            self._native_train(x, y, batch_size, loss_sum, order)
             return
+        if order is not None:
+            if order.numel() and (int(order.min()) < 0 or int(order.max()) >= x.shape[1]):
+                raise IndexError(
+                    f"FusedMLPStep.epoch: order has indices outside [0, {x.shape[1]})."
+                )
+            x = torch.gather(x, 1, order.unsqueeze(2).expand(-1, -1, x.shape[2]))
+            y = torch.gather(y, 1, order.unsqueeze(2).expand(-1, -1, y.shape[2]))
         R, N = x.shape[0], x.shape[1]
         n_full = N // batch_size
         if n_full:
@@ -224,20 +247,32 @@ class FusedMLPStep:
             self._step3(x[:, rest].contiguous(), y[:, rest].contiguous(), loss_sum)
 
     def _native_train(
-        self, x: Tensor, y: Tensor, batch_size: int, loss_sum: Tensor | None
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        loss_sum: Tensor | None,
+        order: Tensor | None = None,
     ) -> None:
         xc, yc, W, b = self._native_args(x, y)
         gW = native.pointers([m.grad_weight for m in self.layers])
         gb = native.pointers([m.grad_bias for m in self.layers])
-        R = xc.shape[0]
+        R, N = xc.shape[0], xc.shape[1]
         lr = self.optimizer.lr
         rates = (lr.to(torch.float32) if isinstance(lr, Tensor) else torch.full((R,), lr))
         rates = rates.expand(R).contiguous()
         losses = torch.zeros(R, dtype=torch.float64) if loss_sum is not None else None
+        order = None if order is None else order.contiguous()
+        M = N if order is None else order.shape[1]
+        if M == 0:
+            return
         rc = self._native.mt_train(
-            R, xc.shape[1], batch_size, xc.data_ptr(), yc.data_ptr(), W, b, gW, gb,
+            R, N, M, batch_size, xc.data_ptr(), yc.data_ptr(),
+            None if order is None else order.data_ptr(), W, b, gW, gb,
             rates.data_ptr(), None if losses is None else losses.data_ptr(),
         )  # fmt: skip
+        if rc == 3:
+            raise IndexError(f"FusedMLPStep.epoch: order has indices outside [0, {N}).")
         _check_rc(rc)
         if loss_sum is not None:
             loss_sum.add_(losses.to(loss_sum.dtype))
@@ -310,8 +345,10 @@ KERNELS = ("auto", "native", "numpy", "torch")
 
 
 def _check_rc(rc: int) -> None:
+    if rc == 1:
+        raise MemoryError("FusedMLPStep: the native kernel could not allocate its buffers.")
     if rc != 0:
-        raise MemoryError(f"FusedMLPStep: the native kernel failed (code {rc}): out of memory.")
+        raise RuntimeError(f"FusedMLPStep: the native kernel refused its inputs (code {rc}).")
 
 
 def _act_forward_(name: str, z: Tensor) -> None:

@@ -98,9 +98,9 @@ def load(sizes: tuple[int, ...], activations: tuple[str, ...], loss: str) -> cty
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     lib.mt_layers.restype = ctypes.c_int
     lib.mt_train.restype = ctypes.c_int
-    lib.mt_train.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_void_p,
-                             ctypes.c_void_p, ptrs, ptrs, ptrs, ptrs, ctypes.c_void_p,
-                             ctypes.c_void_p]  # fmt: skip
+    lib.mt_train.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int,
+                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ptrs, ptrs,
+                             ptrs, ptrs, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
     lib.mt_forward.restype = ctypes.c_int
     lib.mt_forward.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ptrs, ptrs,
                                ctypes.c_void_p]  # fmt: skip

@@ -169,24 +169,45 @@ extern "C" {
 
 int mt_layers(void) { return NL; }
 
-// SGD over each replica's rows in order, in batches of `batch` rows (the last may be smaller).
-// x: [R][N][in], y: [R][N][out]; W, b, gW, gb: one [R, out, in] / [R, out] tensor per layer;
-// lr: [R]; loss_out: [R] or null, each replica's batch losses are added to it.
-int mt_train(long R, long N, int batch, const float* x, const float* y, float* const* W,
-             float* const* b, float* const* gW, float* const* gb, const float* lr,
-             double* loss_out) {
+// SGD over M rows of each replica, in batches of `batch` rows (the last may be smaller).
+// x: [R][N][in], y: [R][N][out]; order: [R][M] row indices into each replica's N rows, or null
+// for rows 0..M-1 in turn (then M <= N); W, b, gW, gb: one [R, out, in] / [R, out] tensor per
+// layer; lr: [R]; loss_out: [R] or null, each replica's batch losses are added to it.
+// Returns 0, 1 (out of memory), 2 (bad sizes) or 3 (an index in `order` outside [0, N)).
+int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
+             const int64_t* order, float* const* W, float* const* b, float* const* gW,
+             float* const* gb, const float* lr, double* loss_out) {
   using namespace mt;
   constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1);
-  if (batch < 1 || N < 1) return 2;
+  if (batch < 1 || N < 1 || M < 1 || (!order && M > N)) return 2;
+  if (order) {  // checked before anything changes
+    for (long k = 0; k < R * M; ++k)
+      if (order[k] < 0 || order[k] >= N) return 3;
+  }
   Net n;
   if (!net_alloc(n, batch)) return 1;
+  float* xb = static_cast<float*>(std::malloc(sizeof(float) * size_t(batch) * (IN0 + OUTL)));
+  if (!xb) {
+    std::free(n.mem);
+    return 1;
+  }
+  float* yb = xb + size_t(batch) * IN0;
   for (long r = 0; r < R; ++r) {
     load(n, W, b, r);
     double loss = 0.0;
-    for (long s = 0; s < N; s += batch) {
-      const int rows = int(N - s < batch ? N - s : batch);
+    for (long s = 0; s < M; s += batch) {
+      const int rows = int(M - s < batch ? M - s : batch);
       const float* xs = x + (r * N + s) * IN0;
       const float* ys = y + (r * N + s) * OUTL;
+      if (order) {  // gather this batch's rows (a few hundred bytes)
+        const int64_t* idx = order + r * M + s;
+        for (int i = 0; i < rows; ++i) {
+          std::memcpy(xb + i * IN0, x + (r * N + idx[i]) * IN0, sizeof(float) * IN0);
+          std::memcpy(yb + i * OUTL, y + (r * N + idx[i]) * OUTL, sizeof(float) * OUTL);
+        }
+        xs = xb;
+        ys = yb;
+      }
       forward<0>(n, xs, rows);
       loss += loss_grad(n, ys, rows, loss_out != nullptr);
       backward<NL - 1>(n, xs, rows);
@@ -195,6 +216,7 @@ int mt_train(long R, long N, int batch, const float* x, const float* y, float* c
     store(n, W, b, gW, gb, r);
     if (loss_out) loss_out[r] += loss;
   }
+  std::free(xb);
   std::free(n.mem);
   return 0;
 }

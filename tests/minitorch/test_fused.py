@@ -209,3 +209,32 @@ def test_native_refuses_mismatched_inputs():
         fused.epoch(torch.rand(2, 10, 3), torch.rand(2, 9, 3), 5)
     with pytest.raises(ValueError, match=r"batch_size=0; expected >= 1"):
         fused.epoch(torch.rand(2, 10, 3), torch.rand(2, 10, 3), 0)
+
+
+@pytest.mark.parametrize("kernel", ["native", "numpy"])
+def test_epoch_order_visits_rows_as_listed(kernel):
+    """order[r] = the rows replica r visits; it equals training on the gathered copy."""
+    R, N, M, B = 2, 12, 17, 5  # more visits than rows: indices may repeat
+    gen = torch.Generator().manual_seed(6)
+    x, y = torch.rand(R, N, 3, generator=gen), torch.rand(R, N, 3, generator=gen)
+    order = torch.randint(0, N, (R, M), generator=gen)
+    a, b = wide_model(R), wide_model(R)
+    mt.FusedMLPStep(*a, kernel=kernel).epoch(x, y, B, order=order)
+    gather = lambda t: torch.stack([t[r, order[r]] for r in range(R)])  # noqa: E731
+    mt.FusedMLPStep(*b, kernel=kernel).epoch(gather(x), gather(y), B)
+    for (p, _), (q, _) in zip(a[0].params(), b[0].params(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kernel", ["native", "torch"])
+def test_epoch_order_out_of_range_changes_nothing(kernel):
+    model, loss, opt = wide_model(2)
+    before = [p.clone() for p, _ in model.params()]
+    fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
+    x, y = torch.rand(2, 10, 3), torch.rand(2, 10, 3)
+    with pytest.raises(IndexError, match=r"order has indices outside \[0, 10\)"):
+        fused.epoch(x, y, 5, order=torch.tensor([[0, 1, 2], [3, 4, 10]]))
+    with pytest.raises(ValueError, match=r"order is torch.int32 of shape \[2, 3\]; expected int64"):
+        fused.epoch(x, y, 5, order=torch.zeros(2, 3, dtype=torch.int32))
+    for p, q in zip((p for p, _ in model.params()), before, strict=True):
+        assert torch.equal(p, q)
