@@ -145,19 +145,26 @@ static inline void transpose8(const vf* src, int ss, vf* dst, int ds) {
   }
 }
 
-enum { EPI_STORE = 0, EPI_BIAS_ACT = 1, EPI_TIMES_DACT = 2 };
+// Epilogues: store; add a bias vector (one per column) and activate; add a bias per row
+// (rbias[r]) and activate; multiply by f'(H), the activation derivative from the saved output.
+enum { EPI_STORE = 0, EPI_BIAS_ACT = 1, EPI_ROWBIAS_ACT = 2, EPI_TIMES_DACT = 3 };
 
 // C[r][c0 .. c0+CH) = epilogue(sum_k A[r*ars + k*aks] * Bm[k][c0 .. c0+CH)) for RB rows.
 // Every product of the MLP has this form; NV is the row length of Bm and C in vectors.
 template <int NV, int CH, int RB, int EPI, int ACT>
 static inline void block(int K, const float* __restrict A, int ars, int aks,
                          const vf* __restrict Bm, int c0, const vf* __restrict bias,
+                         const float* __restrict rbias,
                          const vf* __restrict H, vf* __restrict C) {
   vf acc[RB][CH];
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
-    for (int c = 0; c < CH; ++c) acc[r][c] = EPI == EPI_BIAS_ACT ? bias[c0 + c] : vf{};
+    for (int c = 0; c < CH; ++c) {
+      if constexpr (EPI == EPI_BIAS_ACT) acc[r][c] = bias[c0 + c];
+      else if constexpr (EPI == EPI_ROWBIAS_ACT) acc[r][c] = splat(rbias[r]);
+      else acc[r][c] = vf{};
+    }
   for (int k = 0; k < K; ++k) {
     const vf* brow = Bm + k * NV + c0;
     vf b[CH];
@@ -175,7 +182,7 @@ static inline void block(int K, const float* __restrict A, int ars, int aks,
 #pragma GCC unroll 16
     for (int c = 0; c < CH; ++c) {
       vf v = acc[r][c];
-      if constexpr (EPI == EPI_BIAS_ACT) v = activate<ACT>(v);
+      if constexpr (EPI == EPI_BIAS_ACT || EPI == EPI_ROWBIAS_ACT) v = activate<ACT>(v);
       if constexpr (EPI == EPI_TIMES_DACT) v = v * dact<ACT>(H[r * NV + c0 + c]);
       C[r * NV + c0 + c] = v;
     }
@@ -183,17 +190,18 @@ static inline void block(int K, const float* __restrict A, int ars, int aks,
 
 template <int NV, int CH, int RB, int EPI, int ACT>
 static inline void row_block(int K, const float* A, int ars, int aks, const vf* Bm,
-                             const vf* bias, const vf* H, vf* C) {
+                             const vf* bias, const float* rbias, const vf* H, vf* C) {
   int c0 = 0;
-  for (; c0 + CH <= NV; c0 += CH) block<NV, CH, RB, EPI, ACT>(K, A, ars, aks, Bm, c0, bias, H, C);
+  for (; c0 + CH <= NV; c0 += CH)
+    block<NV, CH, RB, EPI, ACT>(K, A, ars, aks, Bm, c0, bias, rbias, H, C);
   constexpr int REM = NV % CH;
-  if constexpr (REM > 0) block<NV, REM, RB, EPI, ACT>(K, A, ars, aks, Bm, c0, bias, H, C);
+  if constexpr (REM > 0) block<NV, REM, RB, EPI, ACT>(K, A, ars, aks, Bm, c0, bias, rbias, H, C);
 }
 
 // C[rows][NV] = epilogue(A[rows][K] . Bm[K][NV]), A read with strides (ars, aks).
 template <int NV, int EPI, int ACT>
 static void gemm(int rows, int K, const float* A, int ars, int aks, const vf* Bm,
-                 const vf* bias, const vf* H, vf* C) {
+                 const vf* bias, const vf* H, vf* C, const float* rbias = nullptr) {
   // Rows x vectors per block: as many accumulators as the registers allow (16 vector
   // registers with AVX2, 32 with AVX-512VL). 5 rows also divide the report's 25 evenly.
   constexpr int CH = NV < 4 ? NV : 4;
@@ -204,9 +212,13 @@ static void gemm(int rows, int K, const float* A, int ars, int aks, const vf* Bm
 #endif
   long r = 0;
   for (; r + RB <= rows; r += RB)
-    row_block<NV, CH, RB, EPI, ACT>(K, A + r * ars, ars, aks, Bm, bias, H + r * NV, C + r * NV);
+    row_block<NV, CH, RB, EPI, ACT>(K, A + r * ars, ars, aks, Bm, bias,
+                                    EPI == EPI_ROWBIAS_ACT ? rbias + r : rbias, H + r * NV,
+                                    C + r * NV);
   for (; r < rows; ++r)
-    row_block<NV, CH, 1, EPI, ACT>(K, A + r * ars, ars, aks, Bm, bias, H + r * NV, C + r * NV);
+    row_block<NV, CH, 1, EPI, ACT>(K, A + r * ars, ars, aks, Bm, bias,
+                                   EPI == EPI_ROWBIAS_ACT ? rbias + r : rbias, H + r * NV,
+                                   C + r * NV);
 }
 
 }  // namespace mt

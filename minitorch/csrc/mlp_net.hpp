@@ -5,6 +5,10 @@
 
 #include "mlp.hpp"
 
+#ifndef MT_EVAL_CHUNK
+#define MT_EVAL_CHUNK 64  // rows per evaluation block: a multiple of V
+#endif
+
 namespace mt {
 
 // WT and gWT have P(in) rows and Wp has P(out) rows, the padding rows of WT and gWT zero, so
@@ -163,6 +167,19 @@ static inline void update(Net& n, float lr) {
   if constexpr (l + 1 < NL) update<l + 1>(n, lr);
 }
 
+// out[R][N][out] = the model's output for x[R][N][in]. Evaluation only, so a layout of its own:
+// features x rows ("feature-major"), CHUNK rows at a time. The rows are the vector lanes, so no
+// lane is padding (CHUNK is a multiple of V) and the weights are read as scalars straight from
+// the model's tensors: ~30% fewer multiply-adds and activations than the training layout.
+template <int l>
+static inline void forward_t(const float* const* W, const float* const* b, long r,
+                             vf* const* hT) {
+  constexpr int I = in_of(l), O = out_of(l), NV = MT_EVAL_CHUNK / V;
+  gemm<NV, EPI_ROWBIAS_ACT, ACTS[l]>(O, I, W[l] + r * O * I, I, 1, hT[l], nullptr, hT[l + 1],
+                                     hT[l + 1], b[l] + r * O);
+  if constexpr (l + 1 < NL) forward_t<l + 1>(W, b, r, hT);
+}
+
 }  // namespace mt
 
 extern "C" {
@@ -221,24 +238,37 @@ int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
   return 0;
 }
 
-// out[R][N][out] = the model's output for x[R][N][in].
+// out[R][N][out] = the model's output for x[R][N][in] (see forward_t).
 int mt_forward(long R, long N, const float* x, float* const* W, float* const* b, float* out) {
   using namespace mt;
-  constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1), PO = nvec(OUTL) * V, CHUNK = 64;
-  Net n;
-  if (!net_alloc(n, CHUNK)) return 1;
+  constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1), NV = MT_EVAL_CHUNK / V;
+  size_t total = 0;  // vectors: hT[l] is [SIZES[l]][NV]
+  for (int l = 0; l <= NL; ++l) total += size_t(SIZES[l]) * NV;
+  vf* mem = static_cast<vf*>(std::aligned_alloc(64, (total * sizeof(vf) + 63) / 64 * 64));
+  if (!mem) return 1;
+  std::memset(mem, 0, total * sizeof(vf));
+  vf* hT[NL + 1];
+  hT[0] = mem;
+  for (int l = 0; l < NL; ++l) hT[l + 1] = hT[l] + size_t(SIZES[l]) * NV;
+  float* in = reinterpret_cast<float*>(hT[0]);
+  const float* z = reinterpret_cast<const float*>(hT[NL]);
+  const float* const* Wc = W;
+  const float* const* bc = b;
   for (long r = 0; r < R; ++r) {
-    load(n, W, b, r);
-    for (long s = 0; s < N; s += CHUNK) {
-      const int rows = int(N - s < CHUNK ? N - s : CHUNK);
-      forward<0>(n, x + (r * N + s) * IN0, rows);
-      const float* z = reinterpret_cast<const float*>(n.h[NL - 1]);
+    for (long s = 0; s < N; s += MT_EVAL_CHUNK) {
+      const int rows = int(N - s < MT_EVAL_CHUNK ? N - s : MT_EVAL_CHUNK);
+      const float* xs = x + (r * N + s) * IN0;
+      for (int i = 0; i < IN0; ++i) {
+        for (int j = 0; j < rows; ++j) in[i * MT_EVAL_CHUNK + j] = xs[j * IN0 + i];
+        for (int j = rows; j < MT_EVAL_CHUNK; ++j) in[i * MT_EVAL_CHUNK + j] = 0.0f;
+      }
+      forward_t<0>(Wc, bc, r, hT);  // hT[0] = this chunk of x, transposed
       float* o = out + (r * N + s) * OUTL;
-      for (int i = 0; i < rows; ++i)
-        for (int k = 0; k < OUTL; ++k) o[i * OUTL + k] = z[i * PO + k];
+      for (int j = 0; j < rows; ++j)
+        for (int k = 0; k < OUTL; ++k) o[j * OUTL + k] = z[k * MT_EVAL_CHUNK + j];
     }
   }
-  std::free(n.mem);
+  std::free(mem);
   return 0;
 }
 
