@@ -365,7 +365,7 @@ def _sqlite_create_runs(
         from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
         from mlflow.utils.uri import append_to_uri_path
 
-        if not _RUN_FIELDS <= set(SqlRun.__table__.columns.keys()) or hasattr(SqlRun, "workspace"):
+        if not set(SqlRun.__table__.columns.keys()) >= _RUN_FIELDS or hasattr(SqlRun, "workspace"):
             raise _NoFastPath(f"runs table has columns {list(SqlRun.__table__.columns.keys())}")
         experiment = client.get_experiment(experiment_id)
         if experiment.lifecycle_stage != LifecycleStage.ACTIVE:

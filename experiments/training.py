@@ -5,6 +5,7 @@ No Hydra and no MLflow here, so the loop can be tested and benchmarked alone.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -154,10 +155,10 @@ def train_replicas(
         encoding=encoding,
     )
     workers = min(workers, len(seeds))
-    try:  # build the native kernel once, here, rather than in every worker at once
+    # Build the native kernel once, here, rather than in every worker at once; if it cannot
+    # be built, FusedMLPStep says so and falls back to the torch kernels.
+    with contextlib.suppress(mt.native.NativeUnavailable):
         mt.native.load((IN_FEATURES, *hidden, OUT_FEATURES), tuple(activations), loss)
-    except mt.native.NativeUnavailable:
-        pass  # FusedMLPStep says so and falls back to the torch kernels
     if workers == 1:
         return _train_shard(seeds, rates, progress=progress, **kwargs)
     # Contiguous shards; this process trains the first while the others train the rest.

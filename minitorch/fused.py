@@ -259,7 +259,7 @@ class FusedMLPStep:
         gb = native.pointers([m.grad_bias for m in self.layers])
         R, N = xc.shape[0], xc.shape[1]
         lr = self.optimizer.lr
-        rates = (lr.to(torch.float32) if isinstance(lr, Tensor) else torch.full((R,), lr))
+        rates = lr.to(torch.float32) if isinstance(lr, Tensor) else torch.full((R,), lr)
         rates = rates.expand(R).contiguous()
         losses = torch.zeros(R, dtype=torch.float64) if loss_sum is not None else None
         order = None if order is None else order.contiguous()
