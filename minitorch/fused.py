@@ -36,11 +36,12 @@ from minitorch.optim import SGD
 
 
 class FusedMLPStep:
-    """One SGD step on (x, y) for `Sequential(Linear, act, Linear, act, ..., Linear)`.
+    """SGD steps for `Sequential(Linear, act, Linear, act, ..., Linear)` with MSE or MAE.
 
-    Inputs are [B, in] for a model without replicas and [R, B, in] with them. `step` updates
-    the model's parameters in place, leaves their gradients in the model's gradient tensors (as
-    backward would), and adds each replica's loss to `loss_sum` if given.
+    Inputs are [B, in] for a model without replicas and [R, B, in] with them. `step` (one
+    batch) and `epoch` (all batches of an epoch) update the model's parameters in place, leave
+    the last step's gradients in the model's gradient tensors (as backward would), and add each
+    replica's batch losses to `loss_sum` if given; `forward` evaluates.
     """
 
     def __init__(
