@@ -90,7 +90,13 @@ def load(sizes: tuple[int, ...], activations: tuple[str, ...], loss: str) -> cty
     name = f"mlp_{'-'.join(map(str, sizes))}_{key.hexdigest()[:16]}.so"
     target = cache_dir() / name
     if not target.exists():
-        _build(cxx, src, target)
+        try:
+            _build(cxx, src, target)
+        except OSError as e:  # e.g. a read-only home: the cache can be put elsewhere
+            raise NativeUnavailable(
+                f"cannot write the kernel cache {target.parent} ({e.strerror or e}); set "
+                "$MINITORCH_KERNEL_CACHE to a writable directory"
+            ) from e
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as e:

@@ -200,6 +200,21 @@ def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path, monkey
         mt.native._compiler.cache_clear()
 
 
+def test_unwritable_kernel_cache_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(blocker / "kernels"))
+    mt.native.load.cache_clear()
+    try:
+        model, loss, opt = build(("tanh",) * 3, 2, torch.float32, "mae", 0.1)
+        with pytest.raises(ValueError, match=r"cannot write the kernel cache .*not-a-dir/kernels"):
+            mt.FusedMLPStep(model, loss, opt, kernel="native")
+        with pytest.warns(RuntimeWarning, match=r"set \$MINITORCH_KERNEL_CACHE"):
+            mt.FusedMLPStep(model, loss, opt)
+    finally:
+        mt.native.load.cache_clear()
+
+
 def test_native_refuses_mismatched_inputs():
     model, loss, opt = wide_model(2)
     fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
