@@ -163,7 +163,8 @@ def main() -> None:
     print(f"({n_values} metric values per run)")
     print(
         f"harness on sqlite (runs created in one transaction, one bulk insert of all their "
-        f"metrics and params, one UPDATE to end them): {bulk_ms:.1f} ms/run, {bulk_ms * 110 / 1e3:.2f} s for 110 runs, "
+        f"metrics and params, one UPDATE to end them): {bulk_ms:.1f} ms/run, "
+        f"{bulk_ms * 110 / 1e3:.2f} s for 110 runs, "
         f"{results['sqlite']['run_ms'] / bulk_ms:.0f}x less than log_batch"
     )
 
