@@ -77,7 +77,7 @@ class TrainerConfig:
     epochs: int = 4000
     batch_size: int = 25
     eval_every: int = 10
-    threads: int = 1  # torch threads per job: 1 keeps parallel launcher jobs off each other's cores
+    threads: int = 1  # threads per job (torch, native kernel): 1 keeps parallel jobs apart
     workers: int = 1  # processes the replicas of one job are sharded over (1 thread each)
     progress: bool = True  # a bar on a terminal, a few plain lines otherwise
 

@@ -168,7 +168,7 @@ def train_replicas(
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
         futures = [pool.submit(_train_shard, s, r, threads=1, **kwargs) for s, r in shards[1:]]
-        first = _train_shard(*shards[0], progress=progress, **kwargs)
+        first = _train_shard(*shards[0], threads=1, progress=progress, **kwargs)
         parts = [first] + [f.result() for f in futures]
     return TrainResult.concat(parts)
 
@@ -176,13 +176,18 @@ def train_replicas(
 def _train_shard(
     seeds: list[int], rates: Tensor, *, threads: int | None = None, **settings
 ) -> TrainResult:
-    """One process's share of the replicas, under its thread budget (see _train_shard_body)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    # The fused step's backward products run in numpy's OpenBLAS: give it torch's thread
-    # budget, or it would start one thread per core in every worker and launcher job.
-    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-        return _train_shard_body(seeds, rates, **settings)
+    """One process's share of the replicas, under its thread budget (`threads`, or torch's
+    current count); torch's thread count is as before when it returns."""
+    before = torch.get_num_threads()
+    budget = threads if threads is not None else before
+    try:
+        torch.set_num_threads(budget)
+        # The fused step's backward products may run in numpy's OpenBLAS: give it torch's
+        # thread budget, or it would start one thread per core in every worker and launcher job.
+        with threadpool_limits(limits=budget, user_api="blas"):
+            return _train_shard_body(seeds, rates, threads=budget, **settings)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_shard_body(
@@ -199,6 +204,7 @@ def _train_shard_body(
     n_train: int,
     n_test: int,
     encoding: str,
+    threads: int,
     progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     R = len(seeds)
@@ -214,7 +220,11 @@ def _train_shard_body(
     )
     loss_fn = mt.LOSSES[loss](replicas=R)
     opt = mt.SGD(model.params(), rates.clone())
-    fused = mt.FusedMLPStep(model, loss_fn, opt)
+    fused = mt.FusedMLPStep(model, loss_fn, opt, threads=threads)
+    if fused.native:
+        # The kernel has the thread budget; the loop's small torch ops run on one thread, so
+        # that no idle OpenMP thread spins beside the kernel's (_train_shard restores it).
+        torch.set_num_threads(1)
     shufflers = [mt.seeded_generator(s, "shuffle") for s in seeds]
     points = eval_epochs_for(epochs, eval_every)
     E = len(points)

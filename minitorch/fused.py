@@ -45,13 +45,26 @@ class FusedMLPStep:
     """
 
     def __init__(
-        self, model: Sequential, loss: Loss, optimizer: SGD, *, kernel: str = "auto"
+        self,
+        model: Sequential,
+        loss: Loss,
+        optimizer: SGD,
+        *,
+        kernel: str = "auto",
+        threads: int | None = None,
     ) -> None:
+        """`threads`: how many threads the native kernel splits the replicas over (None: torch's
+        intra-op thread count at each call). Pass it, and run torch itself on one thread, when
+        the native kernel does the heavy work: torch's idle OpenMP threads spin for a while
+        after each parallel op and would take cycles from the kernel's threads."""
         if kernel not in KERNELS:
             raise ValueError(
                 f"FusedMLPStep: kernel={kernel!r} is not known; accepted: {', '.join(KERNELS)}."
             )
         self.kernel = kernel
+        if threads is not None and (isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"FusedMLPStep: threads={threads!r}; expected an integer >= 1.")
+        self.threads = threads
         self.layers: list[Linear] = []
         self.acts: list[str] = []
         for i, m in enumerate(model.modules):
@@ -114,6 +127,14 @@ class FusedMLPStep:
                 stacklevel=3,
             )
         return None
+
+    @property
+    def native(self) -> bool:
+        """Whether the native kernel does the work."""
+        return self._native is not None
+
+    def _threads(self) -> int:
+        return self.threads if self.threads is not None else torch.get_num_threads()
 
     def _native_args(self, x: Tensor, y: Tensor | None = None) -> list:
         """Checked, contiguous float32 inputs and the parameter pointers for a native call."""
@@ -189,7 +210,7 @@ class FusedMLPStep:
             xc, _, W, b = self._native_args(x3)
             out = torch.empty(xc.shape[0], xc.shape[1], self.layers[-1].out_features)
             rc = self._native.mt_forward(xc.shape[0], xc.shape[1], xc.data_ptr(), W, b,
-                                         out.data_ptr())  # fmt: skip
+                                         out.data_ptr(), self._threads())  # fmt: skip
             _check_rc(rc)
         else:
             out = self._forward(x3, self._buffers_for(x3, train=False))
@@ -270,7 +291,7 @@ class FusedMLPStep:
         rc = self._native.mt_train(
             R, N, M, batch_size, xc.data_ptr(), yc.data_ptr(),
             None if order is None else order.data_ptr(), W, b, gW, gb,
-            rates.data_ptr(), None if losses is None else losses.data_ptr(),
+            rates.data_ptr(), None if losses is None else losses.data_ptr(), self._threads(),
         )  # fmt: skip
         if rc == 3:
             raise IndexError(f"FusedMLPStep.epoch: order has indices outside [0, {N}).")

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
 ACT_CODES = {"tanh": 1, "sigmoid": 2, "relu": 3}
 LOSS_CODES = {"mse": 0, "mae": 1}
 
@@ -106,10 +106,11 @@ def load(sizes: tuple[int, ...], activations: tuple[str, ...], loss: str) -> cty
     lib.mt_train.restype = ctypes.c_int
     lib.mt_train.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int,
                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ptrs, ptrs,
-                             ptrs, ptrs, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
+                             ptrs, ptrs, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_int]  # fmt: skip
     lib.mt_forward.restype = ctypes.c_int
     lib.mt_forward.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ptrs, ptrs,
-                               ctypes.c_void_p]  # fmt: skip
+                               ctypes.c_void_p, ctypes.c_int]  # fmt: skip
     if lib.mt_layers() != len(sizes) - 1:
         raise NativeUnavailable(f"the native kernel {target} was built for another model.")
     return lib

@@ -3,6 +3,9 @@
 // defines NL, SIZES[NL + 1], ACTS[NL] and LOSS first (see mlp.hpp).
 #pragma once
 
+#include <thread>
+#include <vector>
+
 #include "mlp.hpp"
 
 #ifndef MT_EVAL_CHUNK
@@ -182,25 +185,37 @@ static inline void forward_t(const float* const* W, const float* const* b, long 
 
 }  // namespace mt
 
-extern "C" {
+namespace mt {
 
-int mt_layers(void) { return NL; }
-
-// SGD over M rows of each replica, in batches of `batch` rows (the last may be smaller).
-// x: [R][N][in], y: [R][N][out]; order: [R][M] row indices into each replica's N rows, or null
-// for rows 0..M-1 in turn (then M <= N); W, b, gW, gb: one [R, out, in] / [R, out] tensor per
-// layer; lr: [R]; loss_out: [R] or null, each replica's batch losses are added to it.
-// Returns 0, 1 (out of memory), 2 (bad sizes) or 3 (an index in `order` outside [0, N)).
-int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
-             const int64_t* order, float* const* W, float* const* b, float* const* gW,
-             float* const* gb, const float* lr, double* loss_out) {
-  using namespace mt;
-  constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1);
-  if (batch < 1 || N < 1 || M < 1 || (!order && M > N)) return 2;
-  if (order) {  // checked before anything changes
-    for (long k = 0; k < R * M; ++k)
-      if (order[k] < 0 || order[k] >= N) return 3;
+// body(r0, r1) over `threads` contiguous ranges of the R replicas, one std::thread each (the
+// caller's thread takes the first); returns the first non-zero code. Replicas share nothing,
+// so the ranges write disjoint memory. If a thread cannot be started, its range runs here.
+template <class Body>
+static int over_replicas(long R, int threads, Body body) {
+  const long T = threads < 1 ? 1 : (threads > R ? R : threads);
+  if (T <= 1) return body(0L, R);
+  std::vector<int> rc(size_t(T), 0);
+  std::vector<std::thread> pool;
+  for (long t = 1; t < T; ++t) {
+    const long r0 = R * t / T, r1 = R * (t + 1) / T;
+    try {
+      pool.emplace_back([&rc, &body, t, r0, r1] { rc[size_t(t)] = body(r0, r1); });
+    } catch (...) {
+      rc[size_t(t)] = body(r0, r1);
+    }
   }
+  rc[0] = body(0L, R / T);
+  for (auto& th : pool) th.join();
+  for (int code : rc)
+    if (code != 0) return code;
+  return 0;
+}
+
+// mt_train's work for replicas [r0, r1).
+static int train_range(long r0, long r1, long N, long M, int batch, const float* x,
+                       const float* y, const int64_t* order, float* const* W, float* const* b,
+                       float* const* gW, float* const* gb, const float* lr, double* loss_out) {
+  constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1);
   Net n;
   if (!net_alloc(n, batch)) return 1;
   float* xb = static_cast<float*>(std::malloc(sizeof(float) * size_t(batch) * (IN0 + OUTL)));
@@ -209,7 +224,7 @@ int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
     return 1;
   }
   float* yb = xb + size_t(batch) * IN0;
-  for (long r = 0; r < R; ++r) {
+  for (long r = r0; r < r1; ++r) {
     load(n, W, b, r);
     double loss = 0.0;
     for (long s = 0; s < M; s += batch) {
@@ -238,9 +253,9 @@ int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
   return 0;
 }
 
-// out[R][N][out] = the model's output for x[R][N][in] (see forward_t).
-int mt_forward(long R, long N, const float* x, float* const* W, float* const* b, float* out) {
-  using namespace mt;
+// mt_forward's work for replicas [r0, r1).
+static int forward_range(long r0, long r1, long N, const float* x, const float* const* W,
+                         const float* const* b, float* out) {
   constexpr int IN0 = in_of(0), OUTL = out_of(NL - 1), NV = MT_EVAL_CHUNK / V;
   size_t total = 0;  // vectors: hT[l] is [SIZES[l]][NV]
   for (int l = 0; l <= NL; ++l) total += size_t(SIZES[l]) * NV;
@@ -252,17 +267,15 @@ int mt_forward(long R, long N, const float* x, float* const* W, float* const* b,
   for (int l = 0; l < NL; ++l) hT[l + 1] = hT[l] + size_t(SIZES[l]) * NV;
   float* in = reinterpret_cast<float*>(hT[0]);
   const float* z = reinterpret_cast<const float*>(hT[NL]);
-  const float* const* Wc = W;
-  const float* const* bc = b;
-  for (long r = 0; r < R; ++r) {
+  for (long r = r0; r < r1; ++r) {
     for (long s = 0; s < N; s += MT_EVAL_CHUNK) {
       const int rows = int(N - s < MT_EVAL_CHUNK ? N - s : MT_EVAL_CHUNK);
       const float* xs = x + (r * N + s) * IN0;
-      for (int i = 0; i < IN0; ++i) {
+      for (int i = 0; i < IN0; ++i) {  // hT[0] = this chunk of x, transposed
         for (int j = 0; j < rows; ++j) in[i * MT_EVAL_CHUNK + j] = xs[j * IN0 + i];
         for (int j = rows; j < MT_EVAL_CHUNK; ++j) in[i * MT_EVAL_CHUNK + j] = 0.0f;
       }
-      forward_t<0>(Wc, bc, r, hT);  // hT[0] = this chunk of x, transposed
+      forward_t<0>(W, b, r, hT);
       float* o = out + (r * N + s) * OUTL;
       for (int j = 0; j < rows; ++j)
         for (int k = 0; k < OUTL; ++k) o[j * OUTL + k] = z[k * MT_EVAL_CHUNK + j];
@@ -270,6 +283,39 @@ int mt_forward(long R, long N, const float* x, float* const* W, float* const* b,
   }
   std::free(mem);
   return 0;
+}
+
+}  // namespace mt
+
+extern "C" {
+
+int mt_layers(void) { return NL; }
+
+// SGD over M rows of each replica, in batches of `batch` rows (the last may be smaller).
+// x: [R][N][in], y: [R][N][out]; order: [R][M] row indices into each replica's N rows, or null
+// for rows 0..M-1 in turn (then M <= N); W, b, gW, gb: one [R, out, in] / [R, out] tensor per
+// layer; lr: [R]; loss_out: [R] or null, each replica's batch losses are added to it; the
+// replicas are split over `threads` threads.
+// Returns 0, 1 (out of memory), 2 (bad sizes) or 3 (an index in `order` outside [0, N)).
+int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
+             const int64_t* order, float* const* W, float* const* b, float* const* gW,
+             float* const* gb, const float* lr, double* loss_out, int threads) {
+  if (batch < 1 || N < 1 || M < 1 || (!order && M > N)) return 2;
+  if (order) {  // checked before anything changes
+    for (long k = 0; k < R * M; ++k)
+      if (order[k] < 0 || order[k] >= N) return 3;
+  }
+  return mt::over_replicas(R, threads, [=](long r0, long r1) {
+    return mt::train_range(r0, r1, N, M, batch, x, y, order, W, b, gW, gb, lr, loss_out);
+  });
+}
+
+// out[R][N][out] = the model's output for x[R][N][in] (see forward_t), on `threads` threads.
+int mt_forward(long R, long N, const float* x, float* const* W, float* const* b, float* out,
+               int threads) {
+  return mt::over_replicas(R, threads, [=](long r0, long r1) {
+    return mt::forward_range(r0, r1, N, x, W, b, out);
+  });
 }
 
 }  // extern "C"

@@ -65,6 +65,22 @@ def test_workers_shard_and_merge_in_seed_order():
         torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=0, atol=1e-6)
 
 
+def test_threads_split_the_replicas_and_torch_threads_are_restored():
+    kw = dict(epochs=10, eval_every=5, n_train=100, n_test=50)
+    one = train_replicas([4, 5, 6], **kw)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = train_replicas([4, 5, 6], **kw)
+        assert torch.get_num_threads() == 2
+        train_replicas([4, 5, 6], workers=2, **kw)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for name in METRICS:
+        torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=0, atol=0)
+
+
 def test_eval_points_always_include_the_last_epoch():
     assert eval_epochs_for(25, 10).tolist() == [0, 10, 20, 25]
 

@@ -253,3 +253,24 @@ def test_epoch_order_out_of_range_changes_nothing(kernel):
         fused.epoch(x, y, 5, order=torch.zeros(2, 3, dtype=torch.int32))
     for p, q in zip((p for p, _ in model.params()), before, strict=True):
         assert torch.equal(p, q)
+
+
+def test_native_threads_split_replicas_with_identical_results():
+    """torch.get_num_threads() threads share the replicas; each replica's arithmetic is the same."""
+    runs = []
+    for threads in (1, 2, 3):
+        model, loss, opt = wide_model(5)
+        fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
+        gen = torch.Generator().manual_seed(8)
+        x, y = torch.rand(5, 40, 3, generator=gen), torch.rand(5, 40, 3, generator=gen)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            fused.epoch(x, y, 7)
+            out = fused.forward(x)
+        finally:
+            torch.set_num_threads(before)
+        runs.append([p.clone() for p, _ in model.params()] + [out])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)
