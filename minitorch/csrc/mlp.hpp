@@ -2,8 +2,8 @@
 //
 // minitorch/native.py compiles this once per architecture: the file that includes it defines
 // NL (number of Linear layers), SIZES[NL + 1], ACTS[NL] (activation after each layer, NONE for
-// the last) and LOSS, then includes this header. Plain C++17 with GCC vector extensions, no
-// torch headers, so it builds in about a second with the machine's g++.
+// the last) and LOSS, then includes mlp_net.hpp (which includes this header). Plain C++17 with
+// GCC vector extensions, no torch headers, so it builds in about 2 s with the machine's g++.
 //
 // Why it is fast: a replica's weights (a few KB) stay in L1 for every step of an epoch, all
 // three products of a layer (forward, weight gradient, input gradient) are one register-blocked
@@ -12,12 +12,14 @@
 //
 // Layout, per replica: feature dimensions are padded to a multiple of V floats; padded lanes
 // hold zeros and are only ever read into padded lanes, so they never reach a real value.
-//   WT[l]  [in][P(out)]   weight, transposed (forward and weight-gradient rows)
-//   Wp[l]  [out][P(in)]   weight as stored (input-gradient rows), a copy of WT after updates
-//   h[l]   [B][P(out)]    layer l's output after its activation (the last: the model output)
-//   g[l]   [B][P(out)]    gradient of the loss wrt layer l's pre-activation
+//   WT[l]  [P(in)][P(out)]   weight, transposed (forward and weight-gradient rows)
+//   Wp[l]  [P(out)][P(in)]   weight as stored (input-gradient rows): WT transposed after
+//                            each update, by 8 x 8 blocks (so the padded rows exist)
+//   h[l]   [B][P(out)]       layer l's output after its activation (the last: model output)
+//   g[l]   [B][P(out)]       gradient of the loss wrt layer l's pre-activation
 // The model's tensors ([R, out, in] weights, [R, out] biases) are read at the start of a
-// replica's epoch and written back at its end, with the last step's gradients.
+// replica's epoch and written back at its end, with the last step's gradients. Evaluation
+// (mt_forward) has a layout of its own, with the rows as lanes: see forward_t.
 #pragma once
 
 #include <cstdint>
