@@ -11,8 +11,8 @@ machine can build it, else "numpy" when torch runs on one thread and "torch" oth
 - "native": minitorch/csrc (see minitorch/native.py), compiled once per architecture with the
   machine's C++ compiler. It runs a replica's whole epoch with its weights in L1, each layer's
   three products as register-blocked FMA loops with the activation, its derivative, the loss
-  gradient and the SGD update fused in; one call per epoch for all replicas. One thread per
-  process: use worker processes (`train_replicas(workers=...)`) for more cores. float32 only.
+  gradient and the SGD update fused in; one call per epoch for all replicas, split over
+  `threads` threads (default: torch's thread count). float32 only.
 - "torch": torch.bmm / baddbmm (MKL's batched GEMM in the CPU build of torch), ~32 calls a step;
 - "numpy": as "torch", but the backward's products (g^T h for the weights, g W for the inputs)
   go through numpy.matmul on zero-copy views of the same tensors (OpenBLAS, one GEMM per
