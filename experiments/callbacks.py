@@ -50,7 +50,7 @@ def end_active_sweep(status: str, error: str | None = None) -> None:
         return
     try:
         if error:
-            tracker.client.set_tag(run_id, "mtl.error", error[:5000])
+            tracker.call(tracker.client.set_tag, run_id, "mtl.error", error[:5000])
         _log_summary(tracker, run_id)
         tracker.end_run(run_id, status)
     except Exception as exc:
@@ -94,11 +94,12 @@ def _swept_axes(config: DictConfig) -> dict[str, str]:
     }
 
 
-def _precheck_jobs(config: DictConfig) -> int | None:
-    """Validate every job's config before the sweep run exists; returns the number of jobs."""
+def _precheck_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
+    """Validate every job's config before the sweep run exists; returns the planned jobs
+    (num, overrides, config_hash), or None when the sweeper's jobs cannot be listed here."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from experiments.config import ConfigError, validate
+    from experiments.config import ConfigError, config_hash, validate
 
     try:
         jobs = _job_overrides(config)
@@ -108,32 +109,39 @@ def _precheck_jobs(config: DictConfig) -> int | None:
         return None
     if jobs is None or len(jobs) > MAX_JOBS_TO_PRECHECK:
         validate(_task(config))
-        return None if jobs is None else len(jobs)
-    for overrides in jobs:
-        job_cfg = loader.load_sweep_config(config, overrides)
+        return None
+    planned = []
+    for num, overrides in enumerate(jobs):
+        job_cfg = _task(loader.load_sweep_config(config, overrides))
         try:
-            validate(_task(job_cfg))
+            validate(job_cfg)
         except ConfigError as exc:
             raise ConfigError(
                 f"In the multirun job with overrides `{' '.join(overrides)}`:\n\n{exc}\n\n"
                 f"Nothing was run and no MLflow run was created."
             ) from None
-    return len(jobs)
+        planned.append(
+            {"num": num, "overrides": list(overrides), "config_hash": config_hash(job_cfg)}
+        )
+    return planned
 
 
 def _log_summary(tracker: Any, run_id: str) -> None:
     """The sweep's jobs found in the store: how many, and the best by final mean test accuracy."""
     from mlflow.entities import Metric
 
-    from experiments.tracking import now_ms, retry
+    from experiments.tracking import now_ms
 
-    jobs = retry(
+    jobs = tracker.call(
         tracker.client.search_runs,
         [tracker.experiment_id],
         filter_string=f"tags.`mtl.sweep_run_id` = '{run_id}' and tags.`mtl.kind` = 'job'",
         max_results=10000,
     )
     done = [j for j in jobs if j.info.status == "FINISHED"]
+    # A job re-run under a resumed sweep (killed, then finished) is one job.
+    n_jobs = len({j.data.tags.get("mtl.config_hash", j.info.run_id) for j in jobs})
+    n_done = len({j.data.tags.get("mtl.config_hash", j.info.run_id) for j in done})
     scored = [
         j
         for j in done
@@ -141,8 +149,8 @@ def _log_summary(tracker: Any, run_id: str) -> None:
     ]
     ts = now_ms()
     metrics = [
-        Metric("n_jobs", float(len(jobs)), ts, 0),
-        Metric("n_jobs_finished", float(len(done)), ts, 0),
+        Metric("n_jobs", float(n_jobs), ts, 0),
+        Metric("n_jobs_finished", float(n_done), ts, 0),
     ]
     tags = {}
     if scored:
@@ -153,6 +161,41 @@ def _log_summary(tracker: Any, run_id: str) -> None:
             "mtl.best_job_overrides": best.data.tags.get("mtl.overrides", ""),
         }
     tracker.log_batch(run_id, metrics, tags=tags)
+
+
+def _sweep_tags(config: DictConfig, sweep_dir: Path) -> dict[str, str]:
+    """Provenance of the sweep, and the key that finds it again when the command is re-run."""
+    import hashlib
+
+    from experiments.tracking import command_line, git_info
+
+    overrides = list(config.hydra.overrides.task)
+    choices = config.hydra.runtime.choices
+    study = choices.get("experiment") or "custom"
+    sha, dirty = git_info()
+    command = command_line(overrides, multirun=True)
+    key_text = json.dumps([study, sorted(overrides), _task(config).tracking.experiment])
+    return {
+        "mtl.kind": "sweep",
+        "mtl.study": study,
+        "mtl.git_commit": sha,
+        "mtl.git_dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": sha,
+        "mtl.command": command,
+        "mtl.overrides": " ".join(overrides),
+        "mtl.sweep_dir": str(sweep_dir),
+        "mtl.sweep_key": hashlib.sha256(key_text.encode()).hexdigest()[:16],
+        "mtl.launcher": str(choices.get("hydra/launcher", "")),
+    }
+
+
+def _earlier_sweep(tracker: Any, key: str) -> Any:
+    """The latest sweep run of the same command that is not running now, if any."""
+    flt = f"tags.`mtl.kind` = 'sweep' and tags.`mtl.sweep_key` = '{key}'"
+    for run in tracker.find_runs(flt, max_results=10):
+        if run.info.status != "RUNNING":
+            return run
+    return None
 
 
 class MlflowSweepCallback(Callback):
@@ -174,44 +217,30 @@ class MlflowSweepCallback(Callback):
             raise SystemExit(1) from None
 
     def _start(self, config: DictConfig) -> None:
-        from experiments.config import flatten
-        from experiments.tracking import (
-            Tracker,
-            check_tracking_uri,
-            command_line,
-            git_info,
-            resolve_uri,
-        )
+        from experiments.reaper import reap
+        from experiments.tracking import Tracker, check_tracking_uri, resolve_uri
 
-        n_jobs = _precheck_jobs(config)
+        planned = _precheck_jobs(config)
         task = _task(config)
         uri = resolve_uri(task.tracking.uri)
         check_tracking_uri(uri, task.tracking.server_timeout_s)
-        tracker = Tracker(uri, task.tracking.experiment)
+        tracker = Tracker(uri, task.tracking.experiment, task.tracking.retry_s)
+        reap(tracker, say=log.info)
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        overrides = list(config.hydra.overrides.task)
-        choices = config.hydra.runtime.choices
-        study = choices.get("experiment") or "custom"
-        sha, dirty = git_info()
-        tags = {
-            "mtl.kind": "sweep",
-            "mtl.study": study,
-            "mtl.git_commit": sha,
-            "mtl.git_dirty": str(dirty).lower(),
-            "mlflow.source.git.commit": sha,
-            "mtl.command": command_line(overrides, multirun=True),
-            "mtl.overrides": " ".join(overrides),
-            "mtl.sweep_dir": str(sweep_dir),
-            "mtl.launcher": str(choices.get("hydra/launcher", "")),
-        }
-        run_id = tracker.start_run(f"sweep {study} {sweep_dir.name}", tags)
+        tags = _sweep_tags(config, sweep_dir)
+        earlier = None if task.tracking.rerun else _earlier_sweep(tracker, tags["mtl.sweep_key"])
+        if earlier is not None:
+            run_id = earlier.info.run_id
+            tracker.reopen(run_id, heartbeat=True)
+            resumed = int(earlier.data.tags.get("mtl.resumed", "0")) + 1
+            tracker.log_batch(
+                run_id, tags={"mtl.resumed": str(resumed), "mtl.sweep_dir": str(sweep_dir)}
+            )
+            log.info("resuming sweep run %s: jobs already FINISHED are not trained again", run_id)
+        else:
+            run_id = self._new_sweep(tracker, config, task, tags, planned)
         _active.update(tracker=tracker, run_id=run_id)
         atexit.register(_at_exit)
-        # What the sweep varies, as params: the UI lists sweeps with their axes.
-        swept = _swept_axes(config)
-        params = {f"sweep.{k}": v for k, v in swept.items()}
-        params.update({k: v for k, v in flatten(task).items() if k != "seed" and k not in swept})
-        tracker.log_batch(run_id, params=params, tags={"mtl.n_jobs": str(n_jobs or "")})
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(
             json.dumps(
@@ -220,6 +249,25 @@ class MlflowSweepCallback(Callback):
         )
         os.environ[SWEEP_ENV] = run_id
         log.info("MLflow sweep run %s (%s, experiment %r)", run_id, uri, task.tracking.experiment)
+
+    @staticmethod
+    def _new_sweep(
+        tracker: Any, config: DictConfig, task: DictConfig, tags: dict, planned: list | None
+    ) -> str:
+        """A new sweep run: its axes as params, its planned jobs as sweep_jobs.json."""
+        from experiments.config import flatten
+
+        name = f"sweep {tags['mtl.study']} {Path(tags['mtl.sweep_dir']).name}"
+        run_id = tracker.start_run(name, tags, heartbeat=True)
+        swept = _swept_axes(config)
+        params = {f"sweep.{k}": v for k, v in swept.items()}
+        params.update({k: v for k, v in flatten(task).items() if k != "seed" and k not in swept})
+        n_jobs = str(len(planned)) if planned is not None else ""
+        tracker.log_batch(run_id, params=params, tags={"mtl.n_jobs": n_jobs})
+        if planned is not None:
+            text = json.dumps({"format": 1, "jobs": planned}, indent=1)
+            tracker.call(tracker.client.log_text, run_id, text, "sweep_jobs.json")
+        return run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         tracker, run_id = _active.pop("tracker", None), _active.pop("run_id", None)

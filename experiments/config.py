@@ -26,7 +26,13 @@ ENCODINGS = ("onehot", "pm1")
 OPTIMIZERS = ("sgd",)
 DATASETS = ("disk",)
 # Keys that change how a job runs, not what it computes: left out of the config hash.
-EXECUTION_KEYS = ("trainer.threads", "trainer.workers", "trainer.progress")
+EXECUTION_KEYS = (
+    "trainer.threads",
+    "trainer.workers",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.checkpoint_dir",
+)
 # Per-layer shorthands: they only feed model.activations, which is what is logged.
 SHORTHAND_KEYS = ("model.act1", "model.act2", "model.act3")
 
@@ -80,6 +86,9 @@ class TrainerConfig:
     threads: int = 1  # threads per job (torch, native kernel): 1 keeps parallel jobs apart
     workers: int = 1  # processes the replicas of one job are sharded over (1 thread each)
     progress: bool = True  # a bar on a terminal, a few plain lines otherwise
+    # Epochs between checkpoints (0: none); the same command resumes from the last one.
+    checkpoint_every: int = 500
+    checkpoint_dir: str = "${mtl.repo:}/runs/checkpoints"
 
 
 @dataclass
@@ -90,6 +99,8 @@ class TrackingConfig:
     replica_weights: bool = True  # weights.pt per replica
     figure_dpi: int = 80
     server_timeout_s: float = 5.0  # how long an http(s) tracking server may take to answer
+    retry_s: float = 60.0  # how long to wait out a store that fails, before giving up on it
+    rerun: bool = False  # train again even if the same config and seeds already FINISHED
 
 
 @dataclass
@@ -208,6 +219,8 @@ def validate(cfg: DictConfig) -> None:
         bad("trainer.threads", t.threads, "a number of torch threads >= 1 (1 per parallel job)")
     if t.workers <= 0:
         bad("trainer.workers", t.workers, "a number of processes >= 1")
+    if t.checkpoint_every < 0:
+        bad("trainer.checkpoint_every", t.checkpoint_every, "a number of epochs >= 0 (0: off)")
     if cfg.replicas <= 0:
         bad("replicas", cfg.replicas, "a number of seeds >= 1 trained together")
     if cfg.seed < 0:
@@ -218,6 +231,8 @@ def validate(cfg: DictConfig) -> None:
         bad("tracking.figure_dpi", tr.figure_dpi, "a resolution > 0, e.g. 80")
     if not tr.server_timeout_s > 0:
         bad("tracking.server_timeout_s", tr.server_timeout_s, "a number of seconds > 0")
+    if not 0 < tr.retry_s <= 3600:
+        bad("tracking.retry_s", tr.retry_s, "a number of seconds in (0, 3600], e.g. 60")
     if problems:
         raise ConfigError("\n\n".join(problems))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import tempfile
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from mlflow.entities import Metric
 
 from experiments.plots import ReplicaFigures
-from experiments.tracking import Tracker, now_ms
+from experiments.processes import init_worker
 from experiments.training import TrainResult
 
 CURVES = ("train_loss", "test_loss", "train_acc", "test_acc")
@@ -42,9 +43,10 @@ def curves_csv(curves: Mapping[str, np.ndarray], r: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replica_metrics(curves: Mapping[str, np.ndarray], result: TrainResult, r: int) -> list[Metric]:
-    """All of replica r's metric values, one Metric each, to be sent in batches."""
-    ts = now_ms()
+def replica_metrics(
+    curves: Mapping[str, np.ndarray], result: TrainResult, r: int, ts: int
+) -> list[Metric]:
+    """All of replica r's metric values, one Metric each (timestamp ts), sent in batches."""
     epochs = [int(e) for e in curves["epoch"]]
     last = epochs[-1]
     out = [
@@ -58,10 +60,9 @@ def replica_metrics(curves: Mapping[str, np.ndarray], result: TrainResult, r: in
     return out
 
 
-def job_metrics(curves: Mapping[str, np.ndarray], result: TrainResult) -> list[Metric]:
+def job_metrics(curves: Mapping[str, np.ndarray], result: TrainResult, ts: int) -> list[Metric]:
     """Aggregate over replicas: final test accuracy stats over the non-diverged ones, and the
     mean curves (step = epoch) so the UI can overlay the jobs of a sweep."""
-    ts = now_ms()
     ok = ~result.diverged.numpy()
     epochs = [int(e) for e in curves["epoch"]]
     last = epochs[-1]
@@ -93,107 +94,56 @@ def final_test_acc_mean(result: TrainResult) -> float:
     return float(result.test_acc[ok, -1].mean()) if bool(ok.any()) else math.nan
 
 
-def log_replicas(
-    tracker: Tracker,
+def replica_yaml_writer(config_yaml: str) -> Callable[[int], str]:
+    """config.yaml of a replica: the job's resolved config as that seed alone (replicas: 1)."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.create(config_yaml)
+
+    def write(seed: int) -> str:
+        resolved.seed = seed
+        resolved.replicas = 1
+        header = (
+            f"# Replica with seed {seed}; the same model alone: "
+            f"python -m experiments.train seed={seed} replicas=1 ... (values below)\n"
+        )
+        return header + OmegaConf.to_yaml(resolved)
+
+    return write
+
+
+def write_replica_folders(
+    folder: Path,
     result: TrainResult,
-    *,
-    params: Mapping[str, str],
-    tags: Mapping[str, str],
-    job_run_id: str,
     replica_yaml: Callable[[int], str],
-    start_time: int,
     figures: bool = True,
     weights: bool = True,
     dpi: int = 80,
-) -> dict[str, float]:
-    """Create, fill and finish one run per replica under the job run; returns timings (s)."""
+) -> tuple[float, float]:
+    """Each replica run's artifacts in folder/<seed>/, made in a temporary folder and renamed
+    into place when all are written; returns the seconds spent on files and on figures."""
     t0 = time.perf_counter()
     curves = curves_of(result)
     seeds = result.seeds
-    run_ids = tracker.start_runs(
-        [
-            (
-                f"seed {seed}",
-                {
-                    **tags,
-                    "mtl.kind": "replica",
-                    "mtl.job_run_id": job_run_id,
-                    "mtl.seed": str(seed),
-                    "mtl.diverged": "true" if bool(result.diverged[r]) else "false",
-                },
-            )
-            for r, seed in enumerate(seeds)
-        ],
-        parent_run_id=job_run_id,
-        start_time=start_time,
-    )
-    t1 = time.perf_counter()
-    t_metrics = 0.0
-    # The files and figures (CPU-bound, no tracking store involved) are made in a forked
-    # process on the other core while this one inserts the metrics.
-    writer = Forked(
-        lambda: _write_artifacts(
-            tracker, run_ids, result, curves, replica_yaml, figures, weights, dpi
-        )
-    )
-    try:
-        tracker.bulk_log(
-            {
-                run_id: (replica_metrics(curves, result, r), {**params, "seed": str(seeds[r])})
-                for r, run_id in enumerate(run_ids)
-            }
-        )
-        t_metrics = time.perf_counter() - t1
-        t_art, t_fig = writer.result()
-    finally:
-        writer.stop()
-    t3 = time.perf_counter()
-    tracker.end_runs(run_ids, "FINISHED")
-    t4 = time.perf_counter()
-    return {
-        "create": t1 - t0,
-        "metrics": t_metrics,  # in parallel with the next two; their wall time: t3 - t1
-        "artifacts": t_art,
-        "figures": t_fig,
-        "artifacts_wall": t3 - t1,
-        "finish": t4 - t3,
-        "bulk": float(tracker.bulk_used),
-    }
-
-
-def _write_artifacts(
-    tracker: Tracker,
-    run_ids: list[str],
-    result: TrainResult,
-    curves: dict[str, np.ndarray],
-    replica_yaml: Callable[[int], str],
-    figures: bool,
-    weights: bool,
-    dpi: int,
-) -> tuple[float, float]:
-    """Each replica run's files; returns the seconds spent on files and on figures."""
-    t0 = time.perf_counter()
-    seeds = result.seeds
     plots = ReplicaFigures(curves, ~result.diverged.numpy(), dpi) if figures else None
     t_fig = 0.0
-    with tempfile.TemporaryDirectory(prefix="mtl-artifacts-") as tmp:
-        for r, run_id in enumerate(run_ids):
-            folder = Path(tmp) / run_id
-            folder.mkdir()
-            (folder / "config.yaml").write_text(replica_yaml(seeds[r]))
-            (folder / "curves.csv").write_text(curves_csv(curves, r))
-            if weights:
-                torch.save(
-                    {k: v[r].clone() for k, v in result.state.items()}, folder / "weights.pt"
-                )
-            if plots is not None:
-                tf = time.perf_counter()
-                label = f"seed {seeds[r]}"
-                if bool(result.diverged[r]):
-                    label += f", diverged at epoch {int(result.diverged_epoch[r])}"
-                plots.save(folder / "figures", curves, r, label)
-                t_fig += time.perf_counter() - tf
-            tracker.artifact_repo(run_id).log_artifacts(str(folder))
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for r, seed in enumerate(seeds):
+        sub = tmp / str(seed)
+        sub.mkdir(parents=True)
+        (sub / "config.yaml").write_text(replica_yaml(seed))
+        (sub / "curves.csv").write_text(curves_csv(curves, r))
+        if weights:
+            torch.save({k: v[r].clone() for k, v in result.state.items()}, sub / "weights.pt")
+        if plots is not None:
+            tf = time.perf_counter()
+            label = f"seed {seed}"
+            if bool(result.diverged[r]):
+                label += f", diverged at epoch {int(result.diverged_epoch[r])}"
+            plots.save(sub / "figures", curves, r, label)
+            t_fig += time.perf_counter() - tf
+    os.replace(tmp, folder)
     return time.perf_counter() - t0 - t_fig, t_fig
 
 
@@ -208,7 +158,10 @@ class Forked:
         ctx = multiprocessing.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
 
+        parent = os.getpid()
+
         def target() -> None:
+            init_worker(parent)
             try:
                 send.send(("ok", fn()))
             except BaseException as exc:  # reported to the parent, which raises it

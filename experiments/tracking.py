@@ -12,7 +12,11 @@ metrics and params are therefore inserted in bulk through the store's own engine
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
+import hashlib
+import itertools
 import logging
 import math
 import os
@@ -20,10 +24,11 @@ import random
 import re
 import shlex
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,8 +39,20 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 from experiments.config import ConfigError, repo_root
+from experiments.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class _NoStoreTraceback(logging.Filter):
+    """MLflow logs a full traceback for every sqlite error (a lock, a full disk) and then raises
+    it; `retry` reports it in one line, or waits it out, so the traceback is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_NoStoreTraceback())
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limits for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
@@ -71,8 +88,16 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     db = _sqlite_path(uri)
     if db is None:
         return None
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "experiment"
-    return (db.parent / "mlartifacts" / safe).as_uri()
+    return (db.parent / "mlartifacts" / safe_name(experiment)).as_uri()
+
+
+def safe_name(name: str) -> str:
+    """A folder name for an experiment: its characters that are safe in paths, at most 100
+    (a longer name keeps a hash of the whole, so two long names stay apart)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
+    if len(safe) > 100:
+        safe = f"{safe[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return safe
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -116,20 +141,82 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 # ---------------------------------------------------------------- small helpers
 
 
-def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
-    """Call fn, retrying when sqlite reports a lock held by a parallel job for too long."""
-    for attempt in range(attempts):
+# Faults worth waiting out (a parallel writer's lock, a server restarting) and faults that
+# will not pass by waiting (a full disk, a read-only or damaged file).
+_TRANSIENT = ("database is locked", "database table is locked", "failed with exception",
+              "connection refused", "max retries exceeded", "response code 5", "timed out",
+              "temporarily unavailable", "connection aborted", "connection reset",
+              "remote end closed")  # fmt: skip
+_FATAL = ("database or disk is full", "disk i/o error", "readonly database", "read-only file",
+          "unable to open database", "file is not a database", "disk image is malformed",
+          "no space left")  # fmt: skip
+DEFAULT_RETRY_S = 60.0
+
+
+def store_fault(exc: BaseException) -> str | None:
+    """ "transient", "fatal" or None (not a fault of the store) for an exception it raised."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if any(s in text for s in _FATAL) or isinstance(exc, OSError) and exc.errno == 28:
+        return "fatal"
+    if any(s in text for s in _TRANSIENT) or isinstance(exc, (ConnectionError, TimeoutError)):
+        return "transient"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def retry(
+    fn: Callable[..., T], *args: Any, retry_s: float = DEFAULT_RETRY_S, uri: str = "", **kwargs: Any
+) -> T:
+    """Call fn; wait out transient store faults for at most `retry_s` seconds in all, then (or
+    at once for a fatal fault such as a full disk) raise StoreUnavailable."""
+    deadline = time.monotonic() + retry_s
+    for attempt in itertools.count():
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            text = str(exc).lower()
-            transient = "database is locked" in text or "database table is locked" in text
-            if not transient or attempt == attempts - 1:
+            fault = store_fault(exc)
+            if fault is None:
                 raise
-            delay = min(0.2 * 2**attempt, 5.0) * (1 + random.random())
-            log.warning("MLflow store busy (%s); retry %d in %.1f s", exc, attempt + 1, delay)
+            left = deadline - time.monotonic()
+            if fault == "fatal" or left <= 0:
+                waited = "" if fault == "fatal" else f" (retried for {retry_s:g} s)"
+                raise StoreUnavailable(uri or "in use", _first_line(exc) + waited) from exc
+            delay = min(0.2 * 2**attempt, 5.0, left) * (1 + random.random()) / 2
+            log.warning("MLflow store busy (%s); retry %d in %.1f s", _first_line(exc),
+                        attempt + 1, delay)  # fmt: skip
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def http_retries_bounded(retry_s: float) -> None:
+    """MLflow's own HTTP retries (7, backoff 2: minutes) off, unless the user set them: our
+    `retry` waits out a server that is down, within tracking.retry_s."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(5, min(60, int(retry_s)))))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if needed), released on exit or death."""
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client whose store is ready: a fresh sqlite file is created and migrated once, under a
+    file lock, however many processes start on it at the same moment (MLflow's own schema
+    set-up races and can leave the file unusable)."""
+    client = MlflowClient(tracking_uri=uri)
+    db = _sqlite_path(uri)
+    if db is not None:
+        with file_lock(db.with_name(db.name + ".lock")):
+            client._tracking_client.store  # noqa: B018  (creates the schema; cached per URI)
+    return client
 
 
 def git_info() -> tuple[str, bool]:
@@ -159,16 +246,21 @@ def command_line(overrides: Iterable[str], multirun: bool = False) -> str:
 
 def ensure_experiment(client: MlflowClient, name: str, location: str | None) -> str:
     """The id of experiment `name`, created (or restored) if needed; safe under races."""
-    exp = retry(client.get_experiment_by_name, name)
+    exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return retry(client.create_experiment, name, artifact_location=location)
-        except MlflowException:  # a parallel job created it first
-            exp = retry(client.get_experiment_by_name, name)
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            exp = client.get_experiment_by_name(name)  # a parallel job created it first?
             if exp is None:
-                raise
+                raise ConfigError(
+                    f"tracking.experiment={name[:80]!r}{'...' if len(name) > 80 else ''} "
+                    f"(length {len(name)}) was refused by MLflow: {exc.message.splitlines()[0]} "
+                    f"Accepted: a name MLflow takes, e.g. letters, digits and -_. of at most "
+                    f"a few hundred characters."
+                ) from None
     if exp.lifecycle_stage == "deleted":
-        retry(client.restore_experiment, exp.experiment_id)
+        client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
 
 
@@ -176,21 +268,66 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+HEARTBEAT_S = 60.0  # how often a job or sweep run says its process is alive (mtl.heartbeat)
+
+
 # ---------------------------------------------------------------- runs
 
 
 class Tracker:
-    """One MLflow experiment in one store, and the runs this process has open in it."""
+    """One MLflow experiment in one store, and the runs this process has open in it.
 
-    def __init__(self, uri: str, experiment: str) -> None:
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = ensure_experiment(
-            self.client, experiment, artifact_location(uri, experiment)
+    Every store call goes through `call`: transient faults are retried for at most `retry_s`
+    seconds; after that, or at once for a full disk or a read-only store, StoreUnavailable is
+    raised, and every later call raises it at once (so ending runs on the way out cannot wait
+    a second time).
+    """
+
+    def __init__(self, uri: str, experiment: str, retry_s: float = DEFAULT_RETRY_S) -> None:
+        from experiments.reaper import process_tags
+
+        self.uri, self.retry_s = uri, retry_s
+        self.down: str | None = None  # why the store was given up on
+        http_retries_bounded(retry_s)
+        self.client = self.call(open_client, uri)
+        self.experiment_id = self.call(
+            ensure_experiment, self.client, experiment, artifact_location(uri, experiment)
         )
+        self.process_tags = process_tags()
         self.open_runs: list[str] = []
         self.artifact_uris: dict[str, str] = {}  # of the runs this tracker created
-        self.bulk_used = False  # whether the sqlite fast path did the last bulk_log
+        self._beating: list[str] = []  # open sweep/job runs that get a heartbeat
+        self._stop_beat = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) against the store, within the retry budget."""
+        if self.down is not None:
+            raise StoreUnavailable(self.uri, self.down)
+        try:
+            return retry(fn, *args, retry_s=self.retry_s, uri=self.uri, **kwargs)
+        except StoreUnavailable as exc:
+            self.down = exc.reason
+            raise
+
+    def find_runs(self, filter_string: str, max_results: int = 50_000) -> list[Any]:
+        """Active runs of this experiment matching the filter, newest first (all pages)."""
+        out: list[Any] = []
+        token = None
+        while len(out) < max_results:
+            page = self.call(
+                self.client.search_runs,
+                [self.experiment_id],
+                filter_string,
+                max_results=min(10_000, max_results - len(out)),
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
+            out.extend(page)
+            token = page.token
+            if not token:
+                break
+        return out
 
     def start_run(
         self,
@@ -198,18 +335,41 @@ class Tracker:
         tags: Mapping[str, str],
         parent_run_id: str | None = None,
         start_time: int | None = None,
+        heartbeat: bool = False,
     ) -> str:
         """Create a RUNNING run with its tags; its id is remembered until it is ended."""
-        run = retry(
+        run = self.call(
             self.client.create_run,
             self.experiment_id,
             start_time=start_time,
-            tags=_run_tags(tags, parent_run_id),
+            tags=_run_tags({**self.process_tags, **tags}, parent_run_id),
             run_name=name[:250],
         )
-        self.open_runs.append(run.info.run_id)
-        self.artifact_uris[run.info.run_id] = run.info.artifact_uri
+        self._opened(run.info.run_id, run.info.artifact_uri, heartbeat)
         return run.info.run_id
+
+    def reopen(self, run_id: str, heartbeat: bool = False) -> None:
+        """Set an ended run RUNNING again, owned by this process (a resumed sweep)."""
+        tags = {**self.process_tags, "mtl.error": ""}
+        self.log_batch(run_id, tags=tags)
+        self.call(self.client.update_run, run_id, status="RUNNING")
+        self._opened(run_id, self.call(self.client.get_run, run_id).info.artifact_uri, heartbeat)
+
+    def _opened(self, run_id: str, artifact_uri: str, heartbeat: bool) -> None:
+        self.open_runs.append(run_id)
+        self.artifact_uris[run_id] = artifact_uri
+        if heartbeat:
+            self._beating.append(run_id)
+            if self._beat is None:
+                self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+                self._beat.start()
+
+    def _heartbeat(self) -> None:
+        """Tell readers on other hosts that this process still owns its runs (reaper.py)."""
+        while not self._stop_beat.wait(HEARTBEAT_S):
+            for run_id in list(self._beating):
+                with contextlib.suppress(Exception):  # a missed beat is not an error
+                    self.client.set_tag(run_id, "mtl.heartbeat", str(now_ms()))
 
     def start_runs(
         self,
@@ -218,11 +378,11 @@ class Tracker:
         start_time: int | None = None,
     ) -> list[str]:
         """`start_run` for many (name, tags) at once: one transaction on sqlite."""
+        runs = [(name, {**self.process_tags, **tags}) for name, tags in runs]
         if self.uri.startswith("sqlite:"):
             try:
                 created = _sqlite_create_runs(
-                    self.client,
-                    self.experiment_id,
+                    self,
                     [(name[:250], _run_tags(tags, parent_run_id)) for name, tags in runs],
                     start_time if start_time is not None else now_ms(),
                 )
@@ -230,33 +390,39 @@ class Tracker:
                 log.info("bulk run creation not available (%s); creating one by one", exc)
             else:
                 for run_id, artifact_uri in created:
-                    self.open_runs.append(run_id)
-                    self.artifact_uris[run_id] = artifact_uri
+                    self._opened(run_id, artifact_uri, False)
                 return [run_id for run_id, _ in created]
         return [self.start_run(name, tags, parent_run_id, start_time) for name, tags in runs]
 
     def artifact_repo(self, run_id: str) -> ArtifactRepository:
         """The artifact store of a run this tracker created: no tracking-store query, so it
         can be used from a forked process (which must not share the store's connections)."""
+        if run_id not in self.artifact_uris:
+            self.artifact_uris[run_id] = self.call(self.client.get_run, run_id).info.artifact_uri
         return get_artifact_repository(self.artifact_uris[run_id], tracking_uri=self.uri)
 
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:
-            retry(self.client.set_tag, run_id, "mtl.error", error[:5000])
-        retry(self.client.set_terminated, run_id, status)
-        if run_id in self.open_runs:
-            self.open_runs.remove(run_id)
+            self.call(self.client.set_tag, run_id, "mtl.error", error[:5000])
+        self.call(self.client.set_terminated, run_id, status)
+        self._closed([run_id])
+
+    def _closed(self, run_ids: list[str]) -> None:
+        done = set(run_ids)
+        self.open_runs = [r for r in self.open_runs if r not in done]
+        self._beating = [r for r in self._beating if r not in done]
+        if not self._beating:
+            self._stop_beat.set()
 
     def end_runs(self, run_ids: list[str], status: str = "FINISHED") -> None:
         """`end_run` for many runs at once: one UPDATE on sqlite."""
         if self.uri.startswith("sqlite:") and run_ids:
             try:
-                retry(_sqlite_end_runs, self.client, run_ids, status, now_ms())
+                self.call(_sqlite_end_runs, self.client, run_ids, status, now_ms())
             except _NoFastPath as exc:
                 log.info("bulk run ending not available (%s); ending one by one", exc)
             else:
-                done = set(run_ids)
-                self.open_runs = [r for r in self.open_runs if r not in done]
+                self._closed(run_ids)
                 return
         for run_id in run_ids:
             self.end_run(run_id, status)
@@ -267,8 +433,8 @@ class Tracker:
             try:
                 self.end_run(run_id, status, error)
             except Exception as exc:  # the store itself may be the problem
-                log.error("could not mark run %s %s: %s", run_id, status, exc)
-                self.open_runs.remove(run_id)
+                log.error("could not mark run %s %s: %s", run_id, status, _first_line(exc))
+                self._closed([run_id])
 
     def log_batch(
         self,
@@ -288,20 +454,20 @@ class Tracker:
             p, plist = plist[:MAX_PARAMS_PER_BATCH], plist[MAX_PARAMS_PER_BATCH:]
             t, tlist = tlist[:MAX_TAGS_PER_BATCH], tlist[MAX_TAGS_PER_BATCH:]
             if m or p or t:
-                retry(self.client.log_batch, run_id, metrics=m, params=p, tags=t)
+                self.call(self.client.log_batch, run_id, metrics=m, params=p, tags=t)
 
-    def bulk_log(self, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]) -> None:
-        """Metrics and params of many fresh runs: bulk insert on sqlite, log_batch elsewhere."""
-        self.bulk_used = False
+    def bulk_log(self, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]) -> bool:
+        """Metrics and params of many runs, idempotently (a value already stored is not stored
+        twice): bulk insert on sqlite, log_batch elsewhere. Returns whether the bulk path ran."""
         if self.uri.startswith("sqlite:"):
             try:
-                _sqlite_bulk_insert(self.client, runs)
-                self.bulk_used = True
-                return
+                _sqlite_bulk_insert(self, runs)
+                return True
             except _NoFastPath as exc:
                 log.info("bulk insert not available (%s); using log_batch", exc)
         for run_id, (metrics, params) in runs.items():
             self.log_batch(run_id, metrics, params)
+        return False
 
 
 def _run_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str, str]:
@@ -352,11 +518,12 @@ _RUN_FIELDS = {"name", "artifact_uri", "run_uuid", "experiment_id", "source_type
 
 
 def _sqlite_create_runs(
-    client: MlflowClient, experiment_id: str, runs: list[tuple[str, dict[str, str]]], start: int
+    tracker: Tracker, runs: list[tuple[str, dict[str, str]]], start: int
 ) -> list[tuple[str, str]]:
     """Create RUNNING runs with their tags in one transaction, with exactly the fields MLflow's
     SqlAlchemyStore.create_run sets (tests/experiments/test_logging.py compares the two);
     returns (run id, artifact uri) pairs."""
+    client, experiment_id = tracker.client, tracker.experiment_id
     store = _sql_store(client)
     try:
         import uuid
@@ -367,7 +534,7 @@ def _sqlite_create_runs(
 
         if not set(SqlRun.__table__.columns.keys()) >= _RUN_FIELDS or hasattr(SqlRun, "workspace"):
             raise _NoFastPath(f"runs table has columns {list(SqlRun.__table__.columns.keys())}")
-        experiment = client.get_experiment(experiment_id)
+        experiment = tracker.call(client.get_experiment, experiment_id)
         if experiment.lifecycle_stage != LifecycleStage.ACTIVE:
             raise _NoFastPath(f"experiment {experiment_id} is {experiment.lifecycle_stage}")
         folder = store.ARTIFACTS_FOLDER_NAME
@@ -395,7 +562,7 @@ def _sqlite_create_runs(
             row.tags = [SqlTag(key=k, value=v) for k, v in all_tags.items()]
             rows.append(row)
             created.append((run_id, uri))
-    except _NoFastPath:
+    except (_NoFastPath, StoreUnavailable):
         raise
     except Exception as exc:
         raise _NoFastPath(f"MLflow internals moved: {exc}") from None
@@ -404,7 +571,7 @@ def _sqlite_create_runs(
         with store.ManagedSessionMaker(read_only=False) as session:
             session.add_all(rows)
 
-    retry(write)
+    tracker.call(write)
     return created
 
 
@@ -427,13 +594,14 @@ def _sqlite_end_runs(client: MlflowClient, run_ids: list[str], status: str, end:
 
 
 def _sqlite_bulk_insert(
-    client: MlflowClient, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]
+    tracker: Tracker, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]
 ) -> None:
     """INSERT the rows MLflow's own log_batch would write (metrics, latest_metrics, params),
-    using the store's engine and table definitions; for runs created moments ago by this
-    process, so there is nothing to merge with. Raises _NoFastPath before writing anything
-    if the store is not the SQLAlchemy store this was written against."""
-    store = _sql_store(client)
+    using the store's engine and table definitions. Idempotent, as log_batch: a row already
+    there is left alone (metrics and params: same primary key, same values), the latest value
+    is replaced, so a sync can complete runs a killed job filled in part. Raises _NoFastPath
+    before writing anything if the store is not the SQLAlchemy store this was written for."""
+    store = _sql_store(tracker.client)
     try:
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam
     except Exception as exc:
@@ -468,14 +636,14 @@ def _sqlite_bulk_insert(
         latest_rows += latest.values()
         param_rows += [(k, str(v)[:6000], run_id) for k, v in params.items()]
 
-    def insert(table: Any, columns: tuple[str, ...], rows: list[tuple]) -> str:
+    def insert(table: Any, columns: tuple[str, ...], rows: list[tuple], verb: str) -> str:
         marks = ", ".join("?" for _ in columns)
-        return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+        return f"INSERT OR {verb} INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
 
     statements = [
-        (insert(SqlMetric.__table__, _METRIC_COLUMNS, metric_rows), metric_rows),
-        (insert(SqlLatestMetric.__table__, _METRIC_COLUMNS, latest_rows), latest_rows),
-        (insert(SqlParam.__table__, _PARAM_COLUMNS, param_rows), param_rows),
+        (insert(SqlMetric.__table__, _METRIC_COLUMNS, metric_rows, "IGNORE"), metric_rows),
+        (insert(SqlLatestMetric.__table__, _METRIC_COLUMNS, latest_rows, "REPLACE"), latest_rows),
+        (insert(SqlParam.__table__, _PARAM_COLUMNS, param_rows, "IGNORE"), param_rows),
     ]
 
     def write(sql: str, chunk: list[tuple]) -> None:
@@ -485,4 +653,4 @@ def _sqlite_bulk_insert(
 
     for sql, rows in statements:
         for i in range(0, len(rows), BULK_ROWS_PER_TRANSACTION):
-            retry(write, sql, rows[i : i + BULK_ROWS_PER_TRANSACTION])
+            tracker.call(write, sql, rows[i : i + BULK_ROWS_PER_TRANSACTION])

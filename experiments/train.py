@@ -18,10 +18,9 @@ import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TextIO  # noqa: E402
+from typing import Any, TextIO  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -30,8 +29,15 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from experiments import callbacks  # noqa: E402
-from experiments.config import ConfigError, config_hash, flatten, validate  # noqa: E402
+from experiments import callbacks, signals  # noqa: E402
+from experiments.config import (  # noqa: E402
+    ConfigError,
+    config_hash,
+    flatten,
+    repo_root,
+    validate,
+)
+from experiments.errors import StoreUnavailable  # noqa: E402
 
 # torch, MLflow and the training loop are imported in `run`, after the config is checked:
 # a refused config then costs a fraction of a second instead of seconds of imports.
@@ -40,7 +46,7 @@ log = logging.getLogger("experiments.train")
 EXIT_CONFIG = 2
 # An absolute path: a relative one would be read as a Python package path (pkg://conf).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-EXIT_INTERRUPTED = 130
+EXIT_STORE = 3  # the store could not be written; the results are in the job's bundle
 
 
 @dataclass
@@ -51,6 +57,7 @@ class JobContext:
     overrides: list[str] = field(default_factory=list)
     sweep_run_id: str | None = None
     job_num: int | None = None
+    output_dir: str | None = None  # where the job's bundle goes (Hydra's output dir)
 
 
 def hydra_job_context() -> JobContext:
@@ -64,6 +71,7 @@ def hydra_job_context() -> JobContext:
         overrides=list(hc.overrides.task),
         sweep_run_id=callbacks.sweep_run_id_for(hc.sweep.dir) if multirun else None,
         job_num=int(hc.job.num) if multirun else None,
+        output_dir=hc.runtime.output_dir,
     )
 
 
@@ -116,20 +124,181 @@ def _take_start_time() -> float:
     return start if start == start else time.perf_counter()
 
 
-def replica_yaml_writer(cfg: DictConfig) -> Callable[[int], str]:
-    """config.yaml of a replica: the resolved config as that seed alone (replicas: 1)."""
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+@dataclass
+class Job:
+    """One job's settings and the store it logs to, as `run` passes them between its steps."""
 
-    def write(seed: int) -> str:
-        resolved.seed = seed
-        resolved.replicas = 1
-        header = (
-            f"# Replica with seed {seed}; the same model alone: "
-            f"python -m experiments.train seed={seed} replicas=1 ... (values below)\n"
-        )
-        return header + OmegaConf.to_yaml(resolved)
+    cfg: DictConfig
+    ctx: JobContext
+    tracker: Any  # experiments.tracking.Tracker (MLflow is imported after the config check)
+    seeds: list[int]
+    config_hash: str
+    t_start: float
 
-    return write
+    @property
+    def name(self) -> str:
+        name = " ".join(self.ctx.overrides) or "defaults"
+        return f"#{self.ctx.job_num} {name}" if self.ctx.job_num is not None else name
+
+    @property
+    def checkpoint_folder(self) -> Path:
+        """Where the same command finds this job's checkpoints again (not the dated Hydra dir)."""
+        from experiments.tracking import safe_name
+
+        exp = safe_name(self.cfg.tracking.experiment)
+        key = f"{self.config_hash}-seed{self.seeds[0]}-n{len(self.seeds)}"
+        return Path(self.cfg.trainer.checkpoint_dir) / exp / key
+
+
+def _open_job(cfg: DictConfig, ctx: JobContext, t_start: float) -> Job:
+    """The store checked and opened (dead runs in it reaped), the seeds and the config hash."""
+    from experiments.reaper import reap
+    from experiments.tracking import Tracker, check_tracking_uri, resolve_uri
+
+    uri = resolve_uri(cfg.tracking.uri)
+    check_tracking_uri(uri, cfg.tracking.server_timeout_s)
+    tracker = Tracker(uri, cfg.tracking.experiment, cfg.tracking.retry_s)
+    reap(tracker, say=log.info)
+    seeds = [cfg.seed + r for r in range(cfg.replicas)]
+    return Job(cfg, ctx, tracker, seeds, config_hash(cfg), t_start)
+
+
+def _seeds_tag(seeds: list[int]) -> str:
+    return f"{seeds[0]}..{seeds[-1]}"
+
+
+def _finished_before(job: Job) -> tuple[str, float] | None:
+    """(run id, test_acc_mean) of a FINISHED job with this config and seeds, if there is one."""
+    flt = (
+        f"tags.`mtl.kind` = 'job' and tags.`mtl.config_hash` = '{job.config_hash}' and "
+        f"tags.`mtl.seeds` = '{_seeds_tag(job.seeds)}' and attributes.status = 'FINISHED'"
+    )
+    for run in job.tracker.find_runs(flt, max_results=20):
+        if int(run.data.metrics.get("n_replicas", -1)) == len(job.seeds):
+            return run.info.run_id, float(run.data.metrics.get("test_acc_mean", math.nan))
+    return None
+
+
+def _job_tags(job: Job) -> dict[str, str]:
+    """Provenance and place of the job: the tags of its job run and of its replica runs."""
+    import torch
+
+    from experiments.tracking import command_line, git_info
+
+    sha, dirty = git_info()
+    tags = {
+        "mtl.study": job.ctx.study,
+        "mtl.git_commit": sha,
+        "mtl.git_dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": sha,
+        "mtl.command": command_line(job.ctx.overrides),
+        "mtl.overrides": " ".join(job.ctx.overrides),
+        "mtl.config_hash": job.config_hash,
+        "mtl.torch_threads": str(torch.get_num_threads()),
+        "mtl.seeds": _seeds_tag(job.seeds),
+    }
+    if job.ctx.sweep_run_id:
+        tags["mtl.sweep_run_id"] = job.ctx.sweep_run_id
+    if job.ctx.job_num is not None:
+        tags["mtl.job_num"] = str(job.ctx.job_num)
+    return tags
+
+
+def _output_dir(ctx: JobContext) -> Path:
+    """The job's output folder: Hydra's, else a new one under runs/jobs (calls outside Hydra)."""
+    if ctx.output_dir:
+        return Path(ctx.output_dir)
+    stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+    return repo_root() / "runs" / "jobs" / f"{stamp}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+
+
+def _start(job: Job) -> Any:
+    """The job's bundle (state training) and its RUNNING job run, which the bundle records."""
+    from experiments.bundle import Bundle
+    from experiments.tracking import now_ms
+    from experiments.upload import job_run_tags
+
+    tags = _job_tags(job)
+    bundle = Bundle.create(
+        _output_dir(job.ctx),
+        OmegaConf.to_yaml(job.cfg, resolve=True),
+        tracking_uri=job.tracker.uri,
+        experiment=job.cfg.tracking.experiment,
+        name=job.name,
+        tags=tags,
+        seeds=job.seeds,
+        start_ms=now_ms(),
+        sweep_run_id=job.ctx.sweep_run_id,
+    )
+    run_id = job.tracker.start_run(
+        job.name,
+        {**tags, **job_run_tags(bundle), "mtl.kind": "job"},
+        parent_run_id=job.ctx.sweep_run_id,
+        start_time=bundle.manifest["start_ms"],
+        heartbeat=True,
+    )
+    bundle.update(job_run_id=run_id)
+    flat = flatten(job.cfg)
+    job.tracker.log_batch(run_id, params={k: v for k, v in flat.items() if k != "seed"})
+    log.info(
+        "MLflow: %s, experiment %r, job run %s; training %d replicas (seeds %s); bundle %s",
+        job.tracker.uri,
+        job.cfg.tracking.experiment,
+        run_id,
+        len(job.seeds),
+        _seeds_tag(job.seeds),
+        bundle.path,
+    )
+    return bundle
+
+
+def _train(job: Job) -> Any:
+    """Train the replicas (resuming from a checkpoint of an earlier attempt if there is one)."""
+    from experiments.training import Checkpointing, train_replicas
+
+    cfg = job.cfg
+    label = f"job #{job.ctx.job_num}" if job.ctx.job_num is not None else job.ctx.study
+    progress = Progress(cfg.trainer.epochs, label, cfg.trainer.progress)
+    every = cfg.trainer.checkpoint_every
+    result = train_replicas(
+        job.seeds,
+        hidden=list(cfg.model.hidden),
+        activations=list(cfg.model.activations),
+        init=cfg.model.init,
+        loss=cfg.model.loss,
+        lr=cfg.optim.lr,
+        batch_size=cfg.trainer.batch_size,
+        epochs=cfg.trainer.epochs,
+        eval_every=cfg.trainer.eval_every,
+        n_train=cfg.data.n_train,
+        n_test=cfg.data.n_test,
+        encoding=cfg.data.encoding,
+        workers=cfg.trainer.workers,
+        progress=progress,
+        checkpoint=Checkpointing(job.checkpoint_folder, every) if every > 0 else None,
+    )
+    progress.close()
+    return result
+
+
+def _save(job: Job, bundle: Any, result: Any, t_train: float) -> float:
+    """The trained results into the bundle (before any store sees them); returns the score."""
+    from experiments.records import final_test_acc_mean
+    from experiments.tracking import now_ms
+
+    t_saved = time.perf_counter()
+    timings = {
+        "time_startup_s": t_train - job.t_start,
+        "time_train_s": result.timings.get("train", math.nan),
+        "time_eval_s": result.timings.get("eval", math.nan),
+        "time_data_s": result.timings.get("data", math.nan),
+        "time_training_wall_s": t_saved - t_train,
+    }
+    score = final_test_acc_mean(result)
+    bundle.update(logged_ms=now_ms())
+    timings["time_total_s"] = time.perf_counter() - job.t_start  # the upload adds its own
+    bundle.save_result(result, timings, score)
+    return score
 
 
 def run(cfg: DictConfig, context: JobContext | None = None) -> float:
@@ -137,135 +306,80 @@ def run(cfg: DictConfig, context: JobContext | None = None) -> float:
     t_start = _take_start_time()
     validate(cfg)  # before any data, thread setting or MLflow run
     import torch
-    from mlflow.entities import Metric
 
-    from experiments.records import curves_of, final_test_acc_mean, job_metrics, log_replicas
-    from experiments.tracking import (
-        Tracker,
-        check_tracking_uri,
-        command_line,
-        git_info,
-        now_ms,
-        resolve_uri,
-    )
-    from experiments.training import train_replicas
+    from experiments import signals
+    from experiments.training import clear_checkpoints
+    from experiments.upload import upload
 
     ctx = context or hydra_job_context()
-    uri = resolve_uri(cfg.tracking.uri)
-    check_tracking_uri(uri, cfg.tracking.server_timeout_s)
     torch.set_num_threads(cfg.trainer.threads)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
-
-    tracker = Tracker(uri, cfg.tracking.experiment)
-    seeds = [cfg.seed + r for r in range(cfg.replicas)]
-    flat = flatten(cfg)
-    sha, dirty = git_info()
-    tags = {
-        "mtl.study": ctx.study,
-        "mtl.git_commit": sha,
-        "mtl.git_dirty": str(dirty).lower(),
-        "mlflow.source.git.commit": sha,
-        "mtl.command": command_line(ctx.overrides),
-        "mtl.overrides": " ".join(ctx.overrides),
-        "mtl.config_hash": config_hash(cfg),
-        "mtl.torch_threads": str(torch.get_num_threads()),
-    }
-    if ctx.sweep_run_id:
-        tags["mtl.sweep_run_id"] = ctx.sweep_run_id
-    if ctx.job_num is not None:
-        tags["mtl.job_num"] = str(ctx.job_num)
-    name = " ".join(ctx.overrides) or "defaults"
-    if ctx.job_num is not None:
-        name = f"#{ctx.job_num} {name}"
-    start_ms = now_ms()
-    job_run_id = tracker.start_run(
-        name,
-        {**tags, "mtl.kind": "job", "mtl.seeds": f"{seeds[0]}..{seeds[-1]}"},
-        parent_run_id=ctx.sweep_run_id,
-        start_time=start_ms,
-    )
-    try:
-        tracker.log_batch(job_run_id, params={k: v for k, v in flat.items() if k != "seed"})
+    job = _open_job(cfg, ctx, t_start)
+    earlier = None if cfg.tracking.rerun else _finished_before(job)
+    if earlier is not None:
         log.info(
-            "MLflow: %s, experiment %r, job run %s; training %d replicas (seeds %d..%d)",
-            uri,
-            cfg.tracking.experiment,
-            job_run_id,
-            len(seeds),
-            seeds[0],
-            seeds[-1],
-        )
+            "already done: job run %s has FINISHED this config (hash %s) with seeds %s; its "
+            "final test accuracy %.4f is returned. tracking.rerun=true trains it again.",
+            earlier[0], job.config_hash, _seeds_tag(job.seeds), earlier[1],
+        )  # fmt: skip
+        return earlier[1]
+    bundle = _start(job)
+    try:
         t_train = time.perf_counter()
-        label = f"job #{ctx.job_num}" if ctx.job_num is not None else ctx.study
-        progress = Progress(cfg.trainer.epochs, label, cfg.trainer.progress)
-        result = train_replicas(
-            seeds,
-            hidden=list(cfg.model.hidden),
-            activations=list(cfg.model.activations),
-            init=cfg.model.init,
-            loss=cfg.model.loss,
-            lr=cfg.optim.lr,
-            batch_size=cfg.trainer.batch_size,
-            epochs=cfg.trainer.epochs,
-            eval_every=cfg.trainer.eval_every,
-            n_train=cfg.data.n_train,
-            n_test=cfg.data.n_test,
-            encoding=cfg.data.encoding,
-            workers=cfg.trainer.workers,
-            progress=progress,
-        )
-        progress.close()
-        t_logging = time.perf_counter()
-        split = log_replicas(
-            tracker,
-            result,
-            params=flat,
-            tags=tags,
-            job_run_id=job_run_id,
-            replica_yaml=replica_yaml_writer(cfg),
-            start_time=start_ms,
-            figures=cfg.tracking.replica_figures,
-            weights=cfg.tracking.replica_weights,
-            dpi=cfg.tracking.figure_dpi,
-        )
-        metrics = job_metrics(curves_of(result), result)
-        t_end = time.perf_counter()
-        times = {
-            "time_startup_s": t_train - t_start,
-            "time_train_s": result.timings.get("train", math.nan),
-            "time_eval_s": result.timings.get("eval", math.nan),
-            "time_data_s": result.timings.get("data", math.nan),
-            "time_training_wall_s": t_logging - t_train,
-            "time_logging_s": t_end - t_logging,
-            "time_total_s": t_end - t_start,
-        }
-        times.update({f"time_logging_{k}_s": v for k, v in split.items() if k != "bulk"})
-        last = int(result.eval_epochs[-1])
-        metrics += [Metric(k, float(v), now_ms(), last) for k, v in times.items()]
-        tracker.log_batch(job_run_id, metrics, tags={"mtl.bulk_insert": str(bool(split["bulk"]))})
-        tracker.client.log_text(job_run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        tracker.end_run(job_run_id, "FINISHED")
-    except KeyboardInterrupt:
-        tracker.end_all("KILLED", "interrupted (KeyboardInterrupt)")
-        raise
+        result = _train(job)
+        score = _save(job, bundle, result, t_train)
+        with bundle.locked():
+            report = upload(bundle, job.tracker)
     except BaseException as exc:
-        tracker.end_all("FAILED", f"{type(exc).__name__}: {exc}")
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        job.tracker.end_all(status, signals.reason(exc))
+        _explain_failure(exc, bundle)
         raise
-    score = final_test_acc_mean(result)
+    clear_checkpoints(job.checkpoint_folder)
+    _log_done(job, result, score, report.timings.get("time_logging_s", math.nan))
+    return score
+
+
+def _explain_failure(exc: BaseException, bundle: Any) -> None:
+    """Remember where the job's results are, for the message of a store failure."""
+    if isinstance(exc, StoreUnavailable):
+        exc.bundle = bundle.path  # type: ignore[attr-defined]
+        exc.trained = bundle.state != "training"  # type: ignore[attr-defined]
+
+
+def store_failure_message(exc: StoreUnavailable) -> str:
+    """One paragraph: what failed, what is kept where, and the command that finishes the job."""
+    bundle = getattr(exc, "bundle", None)
+    text = f"{exc}. "
+    if bundle is not None and getattr(exc, "trained", False):
+        text += (
+            f"Nothing trained is lost: the results are in the bundle {bundle}. When the store "
+            f"is back, `python -m experiments.sync {bundle}` fills it (add --tracking-uri URI "
+            f"for another store)."
+        )
+    elif bundle is not None:
+        text += (
+            f"Training had not finished; run the same command again when the store is back to "
+            f"resume from the last checkpoint (the job's bundle: {bundle})."
+        )
+    else:
+        text += "Nothing was trained. Check the store (tracking.uri) and run the command again."
+    return text
+
+
+def _log_done(job: Job, result: Any, score: float, t_logging: float) -> None:
     n_div = int(result.diverged.sum())
     log.info(
         "done: final test accuracy %.4f (mean of %d of %d replicas; %d diverged); train %.1f s, "
-        "eval %.1f s, logging %.1f s, start-up %.1f s",
+        "eval %.1f s, logging %.1f s",
         score,
-        len(seeds) - n_div,
-        len(seeds),
+        len(job.seeds) - n_div,
+        len(job.seeds),
         n_div,
-        times["time_train_s"],
-        times["time_eval_s"],
-        times["time_logging_s"],
-        times["time_startup_s"],
+        result.timings.get("train", math.nan),
+        result.timings.get("eval", math.nan),
+        t_logging,
     )
-    return score
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -279,13 +393,23 @@ def main() -> None:
     user_full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     # Hydra would print its own trace for any exception; let them through and sort them here.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    signals.install()
     try:
         hydra_app()
         _exit_without_teardown(0)
-    except KeyboardInterrupt:
-        callbacks.end_active_sweep("KILLED", "interrupted (KeyboardInterrupt)")
-        print("\nInterrupted; any open MLflow runs were ended KILLED.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        callbacks.end_active_sweep("KILLED", signals.reason(exc))
+        print(
+            f"\n{_capital(signals.reason(exc))}: open MLflow runs were ended KILLED and the "
+            "workers stopped; run the same command again to resume (finished jobs are skipped, "
+            "training continues from its last checkpoint).",
+            file=sys.stderr,
+        )
+        sys.exit(signals.exit_code(exc))
+    except StoreUnavailable as exc:
+        callbacks.end_active_sweep("FAILED", str(exc))
+        print(f"Error: {store_failure_message(exc)}", file=sys.stderr)
+        sys.exit(EXIT_STORE)
     except (ConfigError, HydraException, OmegaConfBaseException) as exc:
         callbacks.end_active_sweep("FAILED", f"{type(exc).__name__}: {exc}")
         if user_full_error:
@@ -299,6 +423,10 @@ def main() -> None:
         if not isinstance(exc, SystemExit):
             callbacks.end_active_sweep("FAILED", f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _exit_without_teardown(code: int) -> None:

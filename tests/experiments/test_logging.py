@@ -39,12 +39,16 @@ PARAMS = {
     "trainer.threads",
     "trainer.workers",
     "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.checkpoint_dir",
     "tracking.uri",
     "tracking.experiment",
     "tracking.replica_figures",
     "tracking.replica_weights",
     "tracking.figure_dpi",
     "tracking.server_timeout_s",
+    "tracking.retry_s",
+    "tracking.rerun",
     "seed",
     "replicas",
 }
@@ -228,8 +232,9 @@ def test_bulk_insert_stores_what_log_batch_stores(tmp_path):
     tracker = Tracker(sqlite_uri(tmp_path), "bulk")
     fast, slow = tracker.start_run("fast", {}), tracker.start_run("slow", {})
     params = {"a": "1", "b": "x,y"}
-    tracker.bulk_log({fast: (_metrics(1200), params)})
-    assert tracker.bulk_used
+    values = _metrics(1200)
+    assert tracker.bulk_log({fast: (values, params)})  # the sqlite bulk path ran
+    assert tracker.bulk_log({fast: (values, params)})  # again (a sync): nothing stored twice
     tracker.log_batch(slow, _metrics(1200), params)  # MLflow's own path, in chunks of 1000
     client = tracker.client
 

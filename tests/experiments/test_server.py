@@ -2,77 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.experiments.conftest import run_app, runs_by_kind
+from tests.experiments.procs import MlflowServer
 from tests.experiments.test_sweeps import FAST, check_sweep
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path):
     """`mlflow server` on 127.0.0.1 with its own sqlite store; stopped by its process group."""
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115  (closed in finally)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/srv.db",
-            "--default-artifact-root",
-            str(tmp_path / "art"),
-            "--workers",
-            "1",
-        ],
-        # Job execution off: the default server stalls on keep-alive requests.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
+    srv = MlflowServer(tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
-            time.sleep(0.3)
-        yield uri
+        yield srv.start()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        srv.stop()
 
 
 @pytest.mark.server

@@ -1,0 +1,245 @@
+"""Fill the MLflow store from a job's bundle: one FINISHED job run with all its replica runs.
+
+The same code serves the job itself (right after it wrote its bundle) and `experiments.sync`
+(later, for a job whose store failed or whose process died while logging). It is idempotent:
+runs are found again by their `mtl.bundle_id` tag before any is created, values already stored
+are not stored twice, and runs already FINISHED are left alone. So it completes whatever a
+killed upload left, and a second upload of the same bundle adds nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import Metric
+from omegaconf import OmegaConf
+
+from experiments.bundle import Bundle
+from experiments.config import flatten
+from experiments.records import (
+    Forked,
+    curves_of,
+    job_metrics,
+    replica_metrics,
+    replica_yaml_writer,
+    write_replica_folders,
+)
+from experiments.tracking import Tracker, now_ms
+
+
+@dataclass
+class UploadReport:
+    """What an upload did: the runs it finished now and those that were there already."""
+
+    job_run_id: str
+    run_ids: list[str] = field(default_factory=list)  # runs this upload ended FINISHED
+    created: int = 0
+    already: int = 0  # runs found FINISHED
+    bulk: bool = False  # the sqlite bulk path stored the metrics
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if not self.run_ids:
+            return f"already complete: job run {self.job_run_id} and {self.already - 1} replicas"
+        return (
+            f"job run {self.job_run_id}: finished {len(self.run_ids)} run(s) "
+            f"({self.created} created now, {self.already} already complete)"
+        )
+
+
+def _find(tracker: Tracker, bundle: Bundle, kind: str) -> list[Any]:
+    flt = f"tags.`mtl.bundle_id` = '{bundle.id}' and tags.`mtl.kind` = '{kind}'"
+    return tracker.find_runs(flt)
+
+
+def _exists(tracker: Tracker, run_id: str | None) -> Any:
+    """The run with this id if the store has it (active), else None."""
+    if not run_id:
+        return None
+    try:
+        run = tracker.call(tracker.client.get_run, run_id)
+    except Exception as exc:  # MlflowException RESOURCE_DOES_NOT_EXIST
+        if type(exc).__name__ == "StoreUnavailable":
+            raise
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
+
+
+def job_run_tags(bundle: Bundle) -> dict[str, str]:
+    """Tags every run of the bundle carries besides the job's own: where the bundle is."""
+    return {"mtl.bundle_id": bundle.id, "mtl.bundle": str(bundle.path)}
+
+
+def ensure_job_run(bundle: Bundle, tracker: Tracker) -> Any:
+    """The bundle's job run in this store: the recorded one, one found by tag, or a new one."""
+    m = bundle.manifest
+    run = _exists(tracker, m.get("job_run_id"))
+    if run is None:
+        found = _find(tracker, bundle, "job")
+        run = found[0] if found else None
+    if run is None:
+        parent = m.get("sweep_run_id")
+        parent = parent if _exists(tracker, parent) is not None else None
+        tags = {**m["tags"], **job_run_tags(bundle), "mtl.kind": "job"}
+        run_id = tracker.start_run(m["name"], tags, parent_run_id=parent, start_time=m["start_ms"])
+        run = tracker.call(tracker.client.get_run, run_id)
+    if m.get("job_run_id") != run.info.run_id:
+        bundle.update(job_run_id=run.info.run_id)
+    return run
+
+
+def _replica_runs(bundle: Bundle, tracker: Tracker) -> dict[int, Any]:
+    """seed -> run for every seed: the existing runs (by bundle tag), then new ones."""
+    by_seed: dict[int, Any] = {}
+    for run in _find(tracker, bundle, "replica"):
+        seed = int(run.data.tags.get("mtl.seed", -1))
+        old = by_seed.get(seed)
+        if old is None or (old.info.status != "FINISHED" and run.info.status == "FINISHED"):
+            if old is not None:
+                tracker.call(tracker.client.delete_run, old.info.run_id)
+            by_seed[seed] = run
+        else:  # a duplicate left by an interrupted creation: not to be counted twice
+            tracker.call(tracker.client.delete_run, run.info.run_id)
+    return by_seed
+
+
+def _new_replica_runs(
+    bundle: Bundle, tracker: Tracker, result: Any, seeds: list[int], job_run_id: str
+) -> list[str]:
+    m = bundle.manifest
+    tags = {
+        **m["tags"],
+        **job_run_tags(bundle),
+        "mtl.kind": "replica",
+        "mtl.job_run_id": job_run_id,
+    }
+    index = {s: r for r, s in enumerate(result.seeds)}
+    runs = [
+        (
+            f"seed {seed}",
+            {
+                **tags,
+                "mtl.seed": str(seed),
+                "mtl.diverged": "true" if bool(result.diverged[index[seed]]) else "false",
+            },
+        )
+        for seed in seeds
+    ]
+    return tracker.start_runs(runs, parent_run_id=job_run_id, start_time=m["start_ms"])
+
+
+def _fill_replicas(
+    bundle: Bundle, tracker: Tracker, result: Any, todo: dict[int, str], cfg: Any
+) -> tuple[bool, dict[str, float]]:
+    """Metrics, params and artifacts of the replica runs in `todo` (seed -> run id), then end
+    them FINISHED. The artifact folders are made (if missing) and uploaded by a forked process
+    on the other core while this one stores the metrics."""
+    t0 = time.perf_counter()
+    curves = curves_of(result)
+    index = {s: r for r, s in enumerate(result.seeds)}
+    ts = int(bundle.manifest["logged_ms"])
+    params = flatten(cfg)
+    writer = Forked(lambda: _artifacts(bundle, tracker, result, todo, cfg))
+    try:
+        bulk = tracker.bulk_log(
+            {
+                run_id: (
+                    replica_metrics(curves, result, index[seed], ts),
+                    {**params, "seed": str(seed)},
+                )
+                for seed, run_id in todo.items()
+            }
+        )
+        t_metrics = time.perf_counter() - t0
+        t_files, t_fig = writer.result()
+    finally:
+        writer.stop()
+    t1 = time.perf_counter()
+    tracker.end_runs(list(todo.values()), "FINISHED")
+    return bulk, {
+        "metrics": t_metrics,
+        "artifacts": t_files,
+        "figures": t_fig,
+        "artifacts_wall": t1 - t0,
+        "finish": time.perf_counter() - t1,
+    }
+
+
+def _artifacts(
+    bundle: Bundle, tracker: Tracker, result: Any, todo: dict[int, str], cfg: Any
+) -> tuple[float, float]:
+    """(In the forked process.) The replica folders, made once, and their upload."""
+    t_files = t_fig = 0.0
+    if not bundle.replicas_dir.is_dir():
+        t_files, t_fig = write_replica_folders(
+            bundle.replicas_dir,
+            result,
+            replica_yaml_writer((bundle.path / "config.yaml").read_text()),
+            figures=bool(cfg.tracking.replica_figures),
+            weights=bool(cfg.tracking.replica_weights),
+            dpi=int(cfg.tracking.figure_dpi),
+        )
+    t0 = time.perf_counter()
+    for seed, run_id in todo.items():
+        folder = bundle.replicas_dir / str(seed)
+        tracker.call(tracker.artifact_repo(run_id).log_artifacts, str(folder))
+    return t_files + time.perf_counter() - t0, t_fig
+
+
+def _finish_job(
+    bundle: Bundle, tracker: Tracker, job_run: Any, result: Any, job: dict, report: UploadReport
+) -> None:
+    """The job run's params, aggregate metrics, timings and config.yaml; then FINISHED."""
+    run_id = job_run.info.run_id
+    cfg = OmegaConf.load(bundle.path / "config.yaml")
+    ts = int(bundle.manifest["logged_ms"])
+    last = int(result.eval_epochs[-1])
+    metrics = job_metrics(curves_of(result), result, ts)
+    values = {**job.get("timings", {}), **report.timings}
+    values["time_total_s"] = values.get("time_total_s", 0.0) + report.timings["time_logging_s"]
+    metrics += [Metric(k, float(v), ts, last) for k, v in values.items()]
+    params = {k: v for k, v in flatten(cfg).items() if k != "seed"}
+    tags = {"mtl.bulk_insert": str(report.bulk).lower()} if report.run_ids else None
+    tracker.log_batch(run_id, metrics, params, tags)
+    tracker.call(tracker.client.log_artifact, run_id, str(bundle.path / "config.yaml"))
+    if "mtl.error" in job_run.data.tags:  # ended KILLED or FAILED while logging, now complete
+        tracker.call(tracker.client.delete_tag, run_id, "mtl.error")
+    tracker.end_run(run_id, "FINISHED")
+
+
+def upload(bundle: Bundle, tracker: Tracker) -> UploadReport:
+    """Make the store hold the bundle's job complete; see the module docstring."""
+    t0 = time.perf_counter()
+    result, job = bundle.load_result()
+    cfg = OmegaConf.load(bundle.path / "config.yaml")
+    if "logged_ms" not in bundle.manifest:
+        bundle.update(logged_ms=now_ms())
+    job_run = ensure_job_run(bundle, tracker)
+    job_run_id = job_run.info.run_id
+    report = UploadReport(job_run_id)
+    by_seed = _replica_runs(bundle, tracker)
+    missing = [s for s in result.seeds if s not in by_seed]
+    todo = {s: r.info.run_id for s, r in by_seed.items() if r.info.status != "FINISHED"}
+    report.already = len(by_seed) - len(todo) + (job_run.info.status == "FINISHED")
+    if missing:
+        created = _new_replica_runs(bundle, tracker, result, missing, job_run_id)
+        todo.update(zip(missing, created, strict=True))
+        report.created = len(created)
+    ids = {str(s): r.info.run_id for s, r in by_seed.items()} | {str(s): r for s, r in todo.items()}
+    bundle.update(replica_run_ids=ids)
+    t1 = time.perf_counter()
+    split: dict[str, float] = {}
+    if todo:
+        report.bulk, split = _fill_replicas(bundle, tracker, result, todo, cfg)
+        report.run_ids += list(todo.values())
+    if job_run.info.status != "FINISHED" or report.run_ids:
+        times = {f"time_logging_{k}_s": v for k, v in split.items()}
+        times["time_logging_create_s"] = t1 - t0
+        times["time_logging_s"] = time.perf_counter() - t0
+        report.timings = times
+        _finish_job(bundle, tracker, job_run, result, job, report)
+        report.run_ids.append(job_run_id)
+    bundle.update(state="uploaded")
+    return report
