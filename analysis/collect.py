@@ -1,9 +1,10 @@
 """Read a study back from the MLflow store: which runs, their configs, final metrics and curves.
 
 Selection works on top-level runs (a sweep run, or a job run outside any sweep): ``--run-id``
-names one; otherwise the newest one matching ``--experiment`` / ``--tag`` filters is taken (all
-of them with ``all_runs``); with no filter, the newest run tagged ``mtl.study=report``. The
-replica runs under the selected runs become one DataFrame row each.
+names one, whatever its status; otherwise the newest FINISHED one matching ``--experiment`` /
+``--tag`` filters is taken (all FINISHED ones with ``all_runs``), and newer runs that did not
+finish are skipped and reported; with no filter, runs tagged ``mtl.study=report``. The replica
+runs under the selected runs become one DataFrame row each, one per configuration and seed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlparse
+from datetime import datetime
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -25,38 +25,24 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from analysis.errors import AnalysisError
+from analysis.integrity import SweepCheck, check_sweep, job_counts, split_duplicates
+from analysis.store import (
+    MAX_EXPERIMENT_NAME,
+    local_artifact,
+    repo_root,
+    resolve_tracking_uri,
+    store_error,
+    store_errors,
+)
+
+__all__ = ["Study", "load_study", "parse_tags", "repo_root", "resolve_tracking_uri"]
 
 CURVE_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc")
 FINAL_METRICS = tuple(f"final_{c}" for c in CURVE_COLUMNS)
 # The params that tell grid configurations apart (the report's grid search axes).
 GRID_AXES = ("optim.lr", "trainer.batch_size", "model.activations")
 _PAGE = 10_000
-
-
-def repo_root() -> Path:
-    """The directory holding pyproject.toml (where runs/ lives), else the working directory."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the repo's sqlite store; check sqlite exists.
-
-    A missing sqlite file is an error here: MLflow would silently create an empty store.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        uri = f"sqlite:///{repo_root() / 'runs' / 'mlflow.db'}"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise AnalysisError(
-                f"no MLflow store at {path} (tracking URI {uri}). Run a study first, e.g. "
-                "`python -m experiments.train experiment=report`, or point --tracking-uri "
-                "(or MLFLOW_TRACKING_URI) at an existing store such as sqlite:///<abs path>.db "
-                "or http://127.0.0.1:5000."
-            )
-    return uri
+_LISTED = 5  # runs named in a "nothing finished" message
 
 
 @dataclass
@@ -71,6 +57,9 @@ class Study:
     curves_source: str = ""
     curves_seconds: float = 0.0
     curves_missing: list[str] = field(default_factory=list)  # replica run ids without curves
+    duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # set aside, kept_run_id
+    skipped: list[Run] = field(default_factory=list)  # top-level runs passed over: not FINISHED
+    sweeps: list[SweepCheck] = field(default_factory=list)  # one per selected sweep run
 
     @property
     def usable(self) -> pd.DataFrame:
@@ -80,10 +69,15 @@ class Study:
         return r[ok]
 
     def counts(self) -> dict[str, int]:
-        """How many runs of each kind; nothing dropped without being counted here."""
+        """How many runs of each kind; nothing dropped without being counted here.
+
+        replica_runs = duplicates + finished + failed + killed + unfinished.
+        """
         r = self.runs
+        failed_jobs, rerun_jobs = job_counts(self.jobs)
         return {
-            "replica_runs": len(r),
+            "replica_runs": len(r) + len(self.duplicates),
+            "duplicates": len(self.duplicates),
             "finished": int((r["status"] == "FINISHED").sum()),
             "failed": int((r["status"] == "FAILED").sum()),
             "killed": int((r["status"] == "KILLED").sum()),
@@ -94,8 +88,30 @@ class Study:
             ),
             "used": len(self.usable),
             "job_runs": len(self.jobs),
-            "failed_jobs": int((self.jobs["status"] != "FINISHED").sum()) if len(self.jobs) else 0,
+            "failed_jobs": failed_jobs,
+            "rerun_jobs": rerun_jobs,
+            "incomplete_sweeps": sum(not s.complete for s in self.sweeps),
+            "skipped_top_runs": len(self.skipped),
         }
+
+    def warnings(self, limit: int | None = 10) -> list[str]:
+        """What a reader must know about the selection: runs skipped, set aside, missing.
+
+        ``limit``: how many missing configurations to name per sweep (None: all)."""
+        out = [
+            f"skipped {r.info.run_id} ({r.data.tags.get('mtl.kind', '?')}, {_status(r)}): "
+            "not FINISHED"
+            for r in self.skipped
+        ]
+        if len(self.duplicates):
+            n = len(self.duplicates)
+            out.append(
+                f"{n} replica run(s) repeat a configuration (mtl.config_hash) and seed already "
+                "selected and were set aside: each counts once, the latest FINISHED run kept "
+                "(summary.json lists them under duplicates)."
+            )
+        out += [s.describe(limit) for s in self.sweeps if not s.complete]
+        return out
 
     @property
     def study_name(self) -> str:
@@ -157,52 +173,61 @@ def parse_tags(items: Iterable[str]) -> dict[str, str]:
     return tags
 
 
-def select_top_runs(
-    client: MlflowClient,
-    *,
-    experiment: str | None = None,
-    run_id: str | None = None,
-    tags: dict[str, str] | None = None,
-    all_runs: bool = False,
-) -> list[Run]:
-    """The sweep or stand-alone job runs to analyse (see the module docstring for the rules)."""
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as e:
-            raise AnalysisError(
-                f"--run-id {run_id!r} is not a run in the store ({e.message.splitlines()[0]}). "
-                "Give the id of a sweep or job run (see the MLflow UI or `mlflow runs list`)."
-            ) from None
-        kind = run.data.tags.get("mtl.kind")
-        if kind not in ("sweep", "job"):
-            hint = ""
-            if kind == "replica":
-                hint = f" Its job run is {run.data.tags.get('mtl.job_run_id', '?')}."
-            raise AnalysisError(
-                f"--run-id {run_id} is a run with mtl.kind={kind!r}; the analysis takes a sweep "
-                f"or a job run (mtl.kind 'sweep' or 'job').{hint}"
-            )
-        return [run]
+def _status(run: Run) -> str:
+    status = run.info.status
+    return "RUNNING: crashed or still running" if status == "RUNNING" else status
 
-    tags = dict(tags or {})
-    if experiment is None and not tags:
-        tags = {"mtl.study": "report"}  # the default: the latest report study
-    if experiment is not None:
+
+def _run_by_id(client: MlflowClient, run_id: str) -> Run:
+    """The sweep or job run ``run_id``, whatever its status, or raise naming what it is."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise  # the store failed, not the id: reported as a store error
+        raise AnalysisError(
+            f"--run-id {run_id!r} is not a run in the store ({e.message.splitlines()[0]}). "
+            "Give the id of a sweep or job run (see the MLflow UI or `mlflow runs list`)."
+        ) from None
+    kind = run.data.tags.get("mtl.kind")
+    if kind not in ("sweep", "job"):
+        hint = ""
+        if kind == "replica":
+            hint = f" Its job run is {run.data.tags.get('mtl.job_run_id', '?')}."
+        raise AnalysisError(
+            f"--run-id {run_id} is a run with mtl.kind={kind!r}; the analysis takes a sweep "
+            f"or a job run (mtl.kind 'sweep' or 'job').{hint}"
+        )
+    return run
+
+
+def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+    """The id of ``experiment`` (all experiments if None), or raise naming the existing ones."""
+    if experiment is None:
+        return [e.experiment_id for e in client.search_experiments()]
+    shown = experiment if len(experiment) <= 80 else f"{experiment[:60]}... ({len(experiment)})"
+    exp = None
+    if len(experiment) <= MAX_EXPERIMENT_NAME:
         exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            names = sorted(e.name for e in client.search_experiments())
-            raise AnalysisError(
-                f"--experiment {experiment!r} does not exist in the store; "
-                f"existing experiments: {', '.join(names) or '(none)'}."
-            )
-        exp_ids = [exp.experiment_id]
-    else:
-        exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        why = (
+            f"is {len(experiment)} characters long; MLflow accepts experiment names of at most "
+            f"{MAX_EXPERIMENT_NAME}, so none has it"
+            if len(experiment) > MAX_EXPERIMENT_NAME
+            else "does not exist in the store"
+        )
+        raise AnalysisError(
+            f"--experiment {shown!r} {why}; existing experiments: {', '.join(names) or '(none)'}."
+        )
+    return [exp.experiment_id]
+
+
+def _top_level(client: MlflowClient, exp_ids: list[str], tags: dict[str, str]) -> list[Run]:
+    """Sweep runs and stand-alone job runs matching ``tags``, newest first, any status."""
     found = []
     for kind in ("sweep", "job"):
-        flt = _tag_filter({**tags, "mtl.kind": kind})
-        found += _search(client, exp_ids, flt)
+        found += _search(client, exp_ids, _tag_filter({**tags, "mtl.kind": kind}))
     # A job inside a sweep is analysed through its sweep, not on its own.
     top = [
         r
@@ -210,7 +235,52 @@ def select_top_runs(
         if r.data.tags.get("mtl.kind") == "sweep"
         or not ({"mtl.sweep_run_id", "mlflow.parentRunId"} & set(r.data.tags))
     ]
-    top.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return sorted(top, key=lambda r: r.info.start_time or 0, reverse=True)
+
+
+def _describe_run(run: Run) -> str:
+    started = datetime.fromtimestamp((run.info.start_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
+    study = run.data.tags.get("mtl.study", "?")
+    return f"{run.info.run_id} ({run.data.tags.get('mtl.kind', '?')} of study {study}, " + (
+        f"{_status(run)}, started {started})"
+    )
+
+
+def _nothing_finished(top: list[Run], what: str, where: str) -> AnalysisError:
+    listed = "; ".join(_describe_run(r) for r in top[:_LISTED])
+    more = f"; and {len(top) - _LISTED} more" if len(top) > _LISTED else ""
+    return AnalysisError(
+        f"no FINISHED sweep or job run matches {what} in {where}; found {len(top)} that did not "
+        f"finish: {listed}{more}. The analysis takes only FINISHED studies by default. Wait "
+        "for a running one to end, re-run the study to complete it, or analyse one as it is "
+        "with --run-id <id> (its unfinished runs are counted and left out of the bootstrap, "
+        "and a sweep's missing jobs are named)."
+    )
+
+
+def select_top_runs(
+    client: MlflowClient,
+    *,
+    experiment: str | None = None,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    all_runs: bool = False,
+) -> tuple[list[Run], list[Run]]:
+    """(selected, skipped): the sweep or stand-alone job runs to analyse, and those passed over.
+
+    ``run_id`` is taken whatever its status. Otherwise only FINISHED runs are selected; skipped
+    are the runs not FINISHED that would have been selected (newer than the chosen one, or all
+    of them with ``all_runs``).
+    """
+    if run_id:
+        return [_run_by_id(client, run_id)], []
+    tags = dict(tags or {})
+    if experiment is None and not tags:
+        tags = {"mtl.study": "report"}  # the default: the latest report study
+    exp_ids = _experiment_ids(client, experiment)
+    top = _top_level(client, exp_ids, tags)
+    what = ", ".join(f"{k}={v}" for k, v in tags.items()) or "no tag filter"
+    where = f"experiment {experiment!r}" if experiment else "any experiment"
     if not top:
         studies = sorted(
             {
@@ -218,14 +288,22 @@ def select_top_runs(
                 for r in _search(client, exp_ids, _tag_filter({"mtl.kind": "job"}))
             }
         )
-        what = ", ".join(f"{k}={v}" for k, v in tags.items()) or "no tag filter"
-        where = f"experiment {experiment!r}" if experiment else "any experiment"
         raise AnalysisError(
             f"no sweep or job run matches {what} in {where}. Studies present in the store: "
             f"{', '.join(studies) or '(none)'}. Select one with --tag mtl.study=<name>, "
             "--experiment <name> or --run-id <sweep or job run id>."
         )
-    return top if all_runs else top[:1]
+    finished = [r for r in top if r.info.status == "FINISHED"]
+    if not finished:
+        raise _nothing_finished(top, what, where)
+    chosen = finished if all_runs else finished[:1]
+    oldest = chosen[-1].info.start_time or 0
+    skipped = [
+        r
+        for r in top
+        if r.info.status != "FINISHED" and (all_runs or (r.info.start_time or 0) > oldest)
+    ]
+    return chosen, skipped
 
 
 def _coerce(value: str) -> object:
@@ -254,6 +332,7 @@ def _run_row(run: Run) -> dict[str, object]:
         "diverged": bool(diverged),
         "diverged_epoch": m.get("diverged_epoch", math.nan),
         "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
         "artifact_uri": run.info.artifact_uri,
     }
     for key in FINAL_METRICS:
@@ -267,7 +346,7 @@ def _job_row(run: Run) -> dict[str, object]:
     t, m = run.data.tags, run.data.metrics
     row: dict[str, object] = {
         "run_id": run.info.run_id,
-        "sweep_run_id": t.get("mtl.sweep_run_id", ""),
+        "sweep_run_id": t.get("mtl.sweep_run_id", t.get("mlflow.parentRunId", "")),
         "config_hash": t.get("mtl.config_hash", ""),
         "status": run.info.status,
         "error": t.get("mtl.error", ""),
@@ -318,19 +397,10 @@ def collect_runs(
     return runs, pd.DataFrame([_job_row(j) for j in jobs])
 
 
-def _local_artifact(artifact_uri: str, name: str) -> Path | None:
-    """The artifact's path when the store keeps artifacts on this file system, else None."""
-    if artifact_uri.startswith("file://"):
-        return Path(unquote(urlparse(artifact_uri).path)) / name
-    if artifact_uri.startswith("/"):
-        return Path(artifact_uri) / name
-    return None
-
-
 def _curves_from_artifact(
     client: MlflowClient, run_id: str, artifact_uri: str, tmp: str
 ) -> pd.DataFrame | None:
-    local = _local_artifact(artifact_uri, "curves.csv")
+    local = local_artifact(artifact_uri, "curves.csv")
     if local is not None:
         # Read in place: download_artifacts would copy the file and ask the store for the run.
         if not local.is_file():
@@ -433,24 +503,82 @@ def load_study(
     curves: str | None = "artifact",
     verbose: bool = False,
 ) -> Study:
-    """Select runs, build the replica and job DataFrames and (unless ``curves=None``) curves."""
+    """Select runs, build the replica and job DataFrames and (unless ``curves=None``) curves.
+
+    Replica runs repeating a configuration and seed are set aside (``Study.duplicates``), and
+    each selected sweep is checked against its plan (``Study.sweeps``).
+    """
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
-    top = select_top_runs(
+    try:
+        study = _read_study(client, uri, experiment, run_id, tags, all_runs, verbose)
+        if curves is not None and len(study.runs):
+            study.curves, study.curves_missing, study.curves_seconds = load_curves(
+                client, study.runs, source=curves, verbose=verbose
+            )
+            study.curves_source = curves
+    except store_errors() as e:
+        raise store_error(uri, e, "reading the runs") from None
+    return study
+
+
+def reap_dead_runs(
+    client: MlflowClient, uri: str, experiment: str | None, run_id: str | None, verbose: bool
+) -> None:
+    """End the runs whose process is gone (experiments/reaper.py: KILLED, or FINISHED from
+    the job's bundle) in the experiments this analysis reads, before it picks a study.
+    A store it cannot write (read-only) is read as it is, with a warning."""
+    from experiments.reaper import reap
+    from experiments.tracking import Tracker
+
+    if "mode=ro" in uri:
+        return  # opened read-only on purpose
+    if experiment is not None:
+        names = [experiment]
+    elif run_id:
+        try:
+            names = [client.get_experiment(client.get_run(run_id).info.experiment_id).name]
+        except Exception:
+            return  # select_top_runs reports the bad id
+    else:
+        names = [e.name for e in client.search_experiments()]
+    say = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
+    for name in names:
+        if client.get_experiment_by_name(name) is None:
+            continue  # select_top_runs reports it; nothing is created here
+        try:
+            reap(Tracker(uri, name, retry_s=10.0), say=say)
+        except Exception as exc:  # read-only store, or a fault the reading will report
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"warning: dead runs in experiment {name!r} not ended ({first})", file=sys.stderr)
+
+
+def _read_study(
+    client: MlflowClient,
+    uri: str,
+    experiment: str | None,
+    run_id: str | None,
+    tags: dict[str, str] | None,
+    all_runs: bool,
+    verbose: bool,
+) -> Study:
+    """The Study without curves: selection, replica and job rows, duplicates, sweep checks."""
+    reap_dead_runs(client, uri, experiment, run_id, verbose)
+    top, skipped = select_top_runs(
         client, experiment=experiment, run_id=run_id, tags=tags, all_runs=all_runs
     )
     t0 = time.perf_counter()
-    runs, jobs = collect_runs(client, top)
+    found, jobs = collect_runs(client, top)
+    runs, duplicates = split_duplicates(found)
     if verbose:
         print(
-            f"selected {len(top)} top-level run(s): {len(jobs)} job run(s), {len(runs)} replica "
-            f"run(s) ({time.perf_counter() - t0:.1f} s)",
+            f"selected {len(top)} top-level run(s): {len(jobs)} job run(s), {len(found)} replica "
+            f"run(s), {len(duplicates)} duplicate(s) ({time.perf_counter() - t0:.1f} s)",
             file=sys.stderr,
         )
-    study = Study(uri, list(top), runs, jobs)
-    if curves is not None and len(runs):
-        study.curves, study.curves_missing, study.curves_seconds = load_curves(
-            client, runs, source=curves, verbose=verbose
-        )
-        study.curves_source = curves
-    return study
+    sweeps = [
+        check_sweep(client, t, jobs[jobs["sweep_run_id"] == t.info.run_id] if len(jobs) else jobs)
+        for t in top
+        if t.data.tags.get("mtl.kind") == "sweep"
+    ]
+    return Study(uri, list(top), runs, jobs, duplicates=duplicates, skipped=skipped, sweeps=sweeps)

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -196,15 +196,9 @@ def http_retries_bounded(retry_s: float) -> None:
     """MLflow's own HTTP retries (7, backoff 2: minutes) off, unless the user set them: our
     `retry` waits out a server that is down, within tracking.retry_s."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # MLflow prints "View run ... at: <url>" for every run ended on a server: 110 lines a job.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(5, min(60, int(retry_s)))))
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if needed), released on exit or death."""
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
 
 
 def open_client(uri: str) -> MlflowClient:
@@ -213,9 +207,15 @@ def open_client(uri: str) -> MlflowClient:
     set-up races and can leave the file unusable)."""
     client = MlflowClient(tracking_uri=uri)
     db = _sqlite_path(uri)
-    if db is not None:
-        with file_lock(db.with_name(db.name + ".lock")):
-            client._tracking_client.store  # noqa: B018  (creates the schema; cached per URI)
+    if db is None:
+        return client
+    try:
+        lock = open(db.with_name(db.name + ".lock"), "a+")  # noqa: SIM115  (closed below)
+    except OSError:  # a read-only folder: nobody can create a store there anyway
+        return client
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client._tracking_client.store  # noqa: B018  (creates the schema; cached per URI)
     return client
 
 

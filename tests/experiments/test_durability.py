@@ -305,6 +305,7 @@ def test_a_dead_jobs_trained_bundle_is_completed_by_the_reaper(tmp_path):
 
     uri = sqlite_uri(tmp_path)
     cfg = compose_cfg("experiment=quick", f"tracking.uri={uri}", "trainer.progress=false",
+                      f"trainer.checkpoint_dir={tmp_path}/ckpt",
                       "tracking.replica_figures=false")  # fmt: skip
     run(cfg, JobContext(study="quick", output_dir=str(tmp_path / "job")))
     client = MlflowClient(uri)
@@ -370,3 +371,32 @@ def test_a_bad_experiment_name_is_one_paragraph_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "tracking.experiment=" in proc.stderr and "Traceback" not in proc.stderr
     assert "(length 600)" in proc.stderr
+
+
+def test_the_analysis_ends_runs_of_dead_processes_killed(tmp_path):
+    """A job killed mid-training on this host (no results in its bundle): the analysis finds
+    its run RUNNING with its process gone and ends it KILLED before choosing a study."""
+    from analysis.__main__ import main as analysis_main
+    from experiments.reaper import process_tags
+    from experiments.train import JobContext, run
+    from experiments.tracking import Tracker
+    from tests.experiments.conftest import compose_cfg
+
+    uri = sqlite_uri(tmp_path)
+    cfg = compose_cfg("experiment=quick", f"tracking.uri={uri}", "trainer.progress=false",
+                      f"trainer.checkpoint_dir={tmp_path}/ckpt",
+                      "tracking.replica_figures=false")  # fmt: skip
+    run(cfg, JobContext(study="quick", output_dir=str(tmp_path / "job")))
+    client = MlflowClient(uri)
+    (job,) = runs_by_kind(client, "quick")["job"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    Tracker(uri, "quick").log_batch(job.info.run_id, tags=process_tags(dead.pid))
+    client.update_run(job.info.run_id, status="RUNNING")
+    Bundle.open(tmp_path / "job" / "bundle").update(state="training")
+    args = ["--tracking-uri", uri, "--experiment", "quick", "--no-mlflow", "-q",
+            "--out", str(tmp_path / "reports"), "--n-resamples", "1000"]  # fmt: skip
+    assert analysis_main(args) == 2  # no FINISHED study left to analyse
+    ended = client.get_run(job.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert f"process {dead.pid} on" in ended.data.tags["mtl.error"]

@@ -66,9 +66,11 @@ def _in_process(tmp_path, *overrides: str) -> tuple[float, MlflowClient]:
         "experiment=quick",
         f"tracking.uri={sqlite_uri(tmp_path)}",
         "trainer.progress=false",
+        f"trainer.checkpoint_dir={tmp_path}/ckpt",
         *overrides,
     )
-    score = run(cfg, JobContext(study="quick", overrides=list(overrides)))
+    ctx = JobContext(study="quick", overrides=list(overrides), output_dir=str(tmp_path / "job"))
+    score = run(cfg, ctx)
     return score, MlflowClient(sqlite_uri(tmp_path))
 
 
