@@ -11,14 +11,21 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.errors import AnalysisError
+
+if TYPE_CHECKING:
+    from analysis.report import Analysis, Options
 
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
+        number = float(text) if "e" in text.lower() else int(text)
+        if not float(number).is_integer():
+            raise ValueError(text)
+        value = int(number)
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an integer (e.g. 1000000 or 1e6)"
         ) from None
@@ -33,13 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m analysis",
         description=(
             "Bootstrap confidence intervals for a study's final test accuracy, figures, and a "
-            "report side by side with the published one. Without a selection: the latest run "
-            "tagged mtl.study=report."
+            "report side by side with the published one. Without a selection: the latest FINISHED "
+            "run tagged mtl.study=report. Bad input or an unusable store: one paragraph, exit 2."
         ),
     )
-    sel = p.add_argument_group("selection (default: latest study tagged mtl.study=report)")
+    sel = p.add_argument_group("selection (default: latest FINISHED study, mtl.study=report)")
     sel.add_argument("--experiment", help="MLflow experiment name (report, grid, quick, ...)")
-    sel.add_argument("--run-id", help="a sweep or job run id: analyse all its replica runs")
+    sel.add_argument(
+        "--run-id", help="a sweep or job run id, whatever its status: analyse its replica runs"
+    )
     sel.add_argument(
         "--tag",
         action="append",
@@ -50,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--all",
         action="store_true",
-        help="use every matching study, not only the latest one",
+        help="use every matching FINISHED study, not only the latest one",
     )
     sel.add_argument(
         "--tracking-uri",
@@ -61,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-resamples",
         type=_positive_int,
         default=1_000_000,
-        help="resamples for both methods (default 10^6, as the report)",
+        help="resamples for both methods, 10^3 to 10^7 (default 10^6, as the report)",
     )
     bs.add_argument(
         "--resample-size",
         type=_positive_int,
         default=None,
-        help="m of the report's m-out-of-n method (default 100, or n if fewer runs)",
+        help="m of the report's m-out-of-n method, 2 to n (default 100, or n if fewer runs)",
     )
     bs.add_argument("--confidence", type=float, default=0.99, help="interval level (0.99)")
     bs.add_argument(
@@ -81,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid-resamples",
         type=_positive_int,
         default=10_000,
-        help="resamples per configuration when ranking a grid",
+        help="resamples per configuration when ranking a grid, 10^3 to 10^6 (default 10^4)",
     )
     out = p.add_argument_group("output")
     out.add_argument("--name", help="report name (default <study>-<run id[:8]>)")
@@ -97,42 +106,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _options(args: argparse.Namespace, argv: list[str]) -> Options:
+    from analysis.report import Options
+
+    return Options(
+        name=args.name,
+        out=args.out,
+        n_resamples=args.n_resamples,
+        resample_size=args.resample_size,
+        confidence=args.confidence,
+        method=args.method,
+        seed=args.seed,
+        grid_resamples=args.grid_resamples,
+        log_to_mlflow=not args.no_mlflow,
+        verbose=not args.quiet,
+        command=shlex.join(["python", "-m", "analysis", *argv]),
+    )
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> Analysis:
+    """Check the settings, read the study, warn about what it lacks, analyse it."""
+    from analysis.collect import load_study, parse_tags
+    from analysis.report import analyse, check_options
+
+    opts = _options(args, argv)
+    check_options(opts)  # before the store is read: bad settings fail in a second
+    study = load_study(
+        args.tracking_uri,
+        experiment=args.experiment,
+        run_id=args.run_id,
+        tags=parse_tags(args.tag),
+        all_runs=args.all,
+        curves=args.curves,
+        verbose=not args.quiet,
+    )
+    for line in study.warnings():  # printed even with -q: they change what the numbers mean
+        print(f"minitorch-analysis: warning: {line}", file=sys.stderr)
+    return analyse(study, opts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input)."""
+    """Entry point; returns the exit status (0 ok, 2 bad input or an unusable store)."""
     args = build_parser().parse_args(argv)
     # Imported here so that --help answers without loading mlflow/scipy/matplotlib (~2 s).
-    from analysis.collect import load_study, parse_tags
-    from analysis.report import Options, analyse
+    from analysis.store import bounded_store_calls
 
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        if not 0 < args.confidence < 1:
-            raise AnalysisError(
-                f"--confidence {args.confidence} must be strictly between 0 and 1 (e.g. 0.99)."
-            )
-        study = load_study(
-            args.tracking_uri,
-            experiment=args.experiment,
-            run_id=args.run_id,
-            tags=parse_tags(args.tag),
-            all_runs=args.all,
-            curves=args.curves,
-            verbose=not args.quiet,
-        )
-        opts = Options(
-            name=args.name,
-            out=args.out,
-            n_resamples=args.n_resamples,
-            resample_size=args.resample_size,
-            confidence=args.confidence,
-            method=args.method,
-            seed=args.seed,
-            grid_resamples=args.grid_resamples,
-            log_to_mlflow=not args.no_mlflow,
-            verbose=not args.quiet,
-            command=shlex.join(["python", "-m", "analysis", *argv_list]),
-        )
-        result = analyse(study, opts)
+        with bounded_store_calls():
+            result = _run(args, argv_list)
     except AnalysisError as e:
         print(f"minitorch-analysis: error: {e}", file=sys.stderr)
         return 2
@@ -141,13 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nThis study ({s['study']}; {s['headline']}) vs the report:\n")
     print(result.table)
     print(
-        f"\nruns: {c['replica_runs']} replica, {c['used']} used, {c['diverged']} diverged, "
+        f"\nruns: {c['replica_runs']} replica, {c['duplicates']} duplicate(s) set aside, "
+        f"{c['used']} used, {c['diverged']} diverged, "
         f"{c['failed'] + c['killed'] + c['unfinished']} failed/killed/unfinished, "
         f"{c['failed_jobs']} failed job(s)"
+        + (f", {c['incomplete_sweeps']} incomplete sweep(s)" if c["incomplete_sweeps"] else "")
     )
     if result.analysis_run_id:
         print(f"MLflow analysis run: {result.analysis_run_id}")
     print(f"report: {result.report_md}")
+    if result.mlflow_error:
+        print(f"minitorch-analysis: error: {result.mlflow_error}", file=sys.stderr)
+        return 2
     return 0
 
 

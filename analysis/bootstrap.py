@@ -27,6 +27,17 @@ SCIPY_METHODS = ("BCa", "percentile", "basic")
 # Resamples per chunk: 16k x 100 int16 indices + float64 values stay near 16 MB and are the
 # fastest chunk size measured here (larger chunks fall out of cache and get slower).
 _CHUNK = 1 << 14
+# Fewer resamples leave the ends of a 99% interval (its 0.5% and 99.5% quantiles) resting on a
+# handful of values: 1,000 puts 5 beyond each end.
+MIN_RESAMPLES = 1_000
+# Measured on this 2-core machine with 110 values: benchmarks/analysis.py --n-resamples 1e7 gives
+# 6-10 s (report method) + 17-24 s (scipy BCa), ~260 MB above the imports; the whole CLI at 10^7
+# takes ~40 s and peaks at ~800 MB (~380 MB at the default 10^6), ~50 bytes per resample with
+# the figure. 10^8 would take minutes and ~5 GB; 10^12 (accepted before) ended in a MemoryError.
+MAX_RESAMPLES = 10_000_000
+# Per grid configuration: the report's 100-configuration grid of 10 runs at 10^6 takes ~40 s.
+MAX_GRID_RESAMPLES = 1_000_000
+BYTES_PER_RESAMPLE = 50
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,31 @@ def _check_positive(name: str, value: int) -> None:
         raise AnalysisError(f"{name} must be a positive integer; got {value!r}.")
 
 
+def check_resample_count(
+    flag: str, value: int, maximum: int = MAX_RESAMPLES, confidence: float = 0.99
+) -> None:
+    """Raise unless MIN_RESAMPLES <= value <= maximum, naming the flag, the value and the range."""
+    accepted = f"accepted: {MIN_RESAMPLES:,} to {maximum:,}"
+    if value < MIN_RESAMPLES:
+        tail = (1 - confidence) / 2
+        raise AnalysisError(
+            f"{flag} {value:,} is too few resamples for a {confidence:.0%} interval: its ends are "
+            f"the {tail:.2%} and {1 - tail:.2%} quantiles of the resamples, and of {value:,} only "
+            f"{value * tail:.3g} lie beyond each end; {accepted}."
+        )
+    if value > maximum:
+        raise AnalysisError(
+            f"{flag} {value:,} is more resamples than this analysis computes in reasonable time "
+            f"and memory (~{value * BYTES_PER_RESAMPLE / 1e9:,.1f} GB, ~4 us each); {accepted} "
+            "(the whole analysis of 110 runs at 10^7 takes ~40 s and ~0.8 GB on 2 cores)."
+        )
+
+
+def _check_cap(n_resamples: int) -> None:
+    if n_resamples > MAX_RESAMPLES:
+        check_resample_count("n_resamples", n_resamples)
+
+
 def _percentile(dist: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = 1.0 - confidence
     low, high = np.quantile(dist, [alpha / 2, 1 - alpha / 2])
@@ -128,6 +164,7 @@ def m_out_of_n_bootstrap(
     """
     x = _check_values(values)
     _check_positive("n_resamples", n_resamples)
+    _check_cap(n_resamples)
     _check_positive("resample_size", resample_size)
     _check_positive("chunk", chunk)
     _check_confidence(confidence)
@@ -203,6 +240,7 @@ def scipy_bootstrap(
     """
     x = _check_values(values)
     _check_positive("n_resamples", n_resamples)
+    _check_cap(n_resamples)
     _check_positive("batch", batch)
     _check_confidence(confidence)
     by_lower = {m.lower(): m for m in SCIPY_METHODS}

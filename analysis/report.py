@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -18,13 +19,17 @@ from mlflow.entities import Metric, Param
 
 from analysis import figures
 from analysis.bootstrap import (
+    MAX_GRID_RESAMPLES,
+    MAX_RESAMPLES,
     BootstrapResult,
+    check_resample_count,
     m_out_of_n_bootstrap,
     normal_half_width,
     scipy_bootstrap,
 )
-from analysis.collect import Study, repo_root
+from analysis.collect import Study
 from analysis.errors import AnalysisError
+from analysis.store import repo_root, store_error, store_errors
 
 # The report's headline numbers (000_1aa516094fd27dfb.txt, section III.C), in percent.
 REPORT = {
@@ -66,6 +71,40 @@ class Analysis:
     summary: dict
     table: str
     analysis_run_id: str | None = None
+    mlflow_error: str | None = None  # why the analysis run could not be logged (files written)
+
+
+def check_options(opts: Options) -> None:
+    """Refuse settings that cannot give the stated interval, before any run is read."""
+    if not 0 < opts.confidence < 1:
+        raise AnalysisError(
+            f"--confidence {opts.confidence} must be strictly between 0 and 1 (e.g. 0.99)."
+        )
+    check_resample_count("--n-resamples", opts.n_resamples, MAX_RESAMPLES, opts.confidence)
+    check_resample_count(
+        "--grid-resamples", opts.grid_resamples, MAX_GRID_RESAMPLES, opts.confidence
+    )
+    if opts.resample_size is not None and opts.resample_size < 2:
+        raise AnalysisError(
+            f"--resample-size {opts.resample_size} is too small: each resample needs 2 values "
+            "for a std (ddof=1); accepted: 2 to the number of usable runs (default 100, or n "
+            "if fewer)."
+        )
+
+
+def resample_size(opts: Options, n: int, label: str) -> int:
+    """m of the m-out-of-n bootstrap: --resample-size if given (at most n), else min(100, n)."""
+    m = opts.resample_size
+    if m is None:
+        return min(REPORT["resample_size"], n)
+    if m > n:
+        raise AnalysisError(
+            f"--resample-size {m} is larger than the {n} usable runs of {label}: resamples of "
+            f"m > n values give an interval about sqrt(m/n) = {math.sqrt(m / n):.1f}x narrower "
+            f"than {n} runs support. Accepted: 2 to {n}; the default is "
+            f"{REPORT['resample_size']}, or n when there are fewer runs."
+        )
+    return m
 
 
 def _say(opts: Options, msg: str) -> None:
@@ -131,34 +170,41 @@ def config_table(
             )
             row["low"], row["high"] = res.mean.low, res.mean.high
         rows.append(row)
-    jobs = _axes(study.jobs) if len(study.jobs) else study.jobs
-    seen = set(r["job_run_id"]) if len(r) else set()
-    for j in jobs.itertuples() if len(jobs) else ():
-        if j.status != "FINISHED" and j.run_id not in seen:
-            rows.append(
-                {
-                    "config_hash": j.config_hash,
-                    "lr": j.lr,
-                    "batch_size": j.batch_size,
-                    "activations": j.activations,
-                    "n_runs": 0,
-                    "n_used": 0,
-                    "n_diverged": 0,
-                    "n_failed": 0,
-                    "failed_job": True,
-                    "mean": math.nan,
-                    "std": math.nan,
-                    "low": math.nan,
-                    "high": math.nan,
-                    "run_ids": [],
-                }
-            )
+    rows += _failed_job_rows(study)
     df = pd.DataFrame(rows)
     df["label"] = [
         f"lr {lr:g}, batch {bs}, {act}"
         for lr, bs, act in zip(df["lr"], df["batch_size"], df["activations"], strict=True)
     ]
     return df.sort_values("mean", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def _failed_job_rows(study: Study) -> list[dict]:
+    """A row per configuration whose job runs all failed before logging a counted replica."""
+    if not len(study.jobs):
+        return []
+    r = study.runs
+    seen_jobs = set(r["job_run_id"]) if len(r) else set()
+    seen = set(r["config_hash"]) - {""} if len(r) else set()
+    done = set(study.jobs.loc[study.jobs["status"] == "FINISHED", "config_hash"]) - {""}
+    rows = []
+    for j in _axes(study.jobs).itertuples():
+        if j.status == "FINISHED" or j.run_id in seen_jobs or j.config_hash in seen | done:
+            continue
+        if j.config_hash:
+            seen.add(j.config_hash)  # a configuration killed twice is one row
+        nan = math.nan
+        rows.append(
+            {
+                "config_hash": j.config_hash,
+                "lr": j.lr,
+                "batch_size": j.batch_size,
+                "activations": j.activations,
+                **dict(n_runs=0, n_used=0, n_diverged=0, n_failed=0, failed_job=True),
+                **dict(mean=nan, std=nan, low=nan, high=nan, run_ids=[]),
+            }
+        )
+    return rows
 
 
 def _pick_headline(configs: pd.DataFrame) -> tuple[pd.Series, str]:
@@ -281,6 +327,15 @@ def _provenance(study: Study) -> dict[str, object]:
         "experiments": sorted({r.info.experiment_id for r in top}),
         "top_run_ids": [r.info.run_id for r in top],
         "top_run_kinds": [r.data.tags.get("mtl.kind", "") for r in top],
+        "top_run_statuses": [r.info.status for r in top],
+        "skipped": [
+            {
+                "run_id": r.info.run_id,
+                "kind": r.data.tags.get("mtl.kind", ""),
+                "status": r.info.status,
+            }
+            for r in study.skipped
+        ],
         "commands": sorted({r.data.tags.get("mtl.command", "") for r in top} - {""}),
         "git_commits": sorted(
             {r.data.tags.get("mtl.git_commit", "") for r in top}
@@ -288,8 +343,8 @@ def _provenance(study: Study) -> dict[str, object]:
         )
         or ["unknown"],
         "git_dirty": sorted(
-            {r.data.tags.get("mtl.git_dirty", "") for r in top}
-            | (set(jobs["git_dirty"]) if len(jobs) else set()) - {""}
+            ({r.data.tags.get("mtl.git_dirty", "") for r in top} | set(jobs.get("git_dirty", [])))
+            - {""}
         ),
         "job_overrides": sorted(set(jobs["overrides"])) if len(jobs) else [],
     }
@@ -333,42 +388,50 @@ def _log_to_mlflow(study: Study, out_dir: Path, summary: dict, opts: Options, na
         client.log_batch(rid, metrics=metrics, params=params)
         client.log_artifacts(rid, str(out_dir))
     except Exception:
-        client.set_terminated(rid, "FAILED")
+        with contextlib.suppress(*store_errors()):
+            client.set_terminated(rid, "FAILED")
         raise
     client.set_terminated(rid, "FINISHED")
     return rid
 
 
-def analyse(study: Study, opts: Options) -> Analysis:
-    """Run the whole analysis of ``study`` and write the report; see the module docstring."""
-    counts = study.counts()
-    if counts["replica_runs"] == 0:
-        raise AnalysisError(
-            f"the selected run(s) {[r.info.run_id for r in study.top_runs]} have no replica runs "
-            f"({counts['job_runs']} job run(s), {counts['failed_jobs']} failed). "
-            "Select a study that finished, e.g. --tag mtl.study=report."
-        )
+def _out_dir(study: Study, opts: Options) -> tuple[str, Path]:
+    """The report's name and folder, created now so that an unwritable --out fails first."""
     top_id = study.top_runs[0].info.run_id
     name = opts.name or f"{study.study_name}-{top_id[:8]}"
-    if not name or "/" in name or name in (".", ".."):
-        raise AnalysisError(f"--name {name!r} must be a plain directory name (no '/').")
+    if not name or "/" in name or name in (".", "..") or len(name) > 200:
+        raise AnalysisError(
+            f"--name {name[:80]!r} must be a plain directory name (no '/', at most 200 chars)."
+        )
     out_dir = (opts.out or repo_root() / "runs" / "reports") / name
-    fig_dir = out_dir / "figures"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnalysisError(
+            f"cannot write the report to {out_dir} ({e.strerror or e}); choose a writable "
+            "folder with --out DIR."
+        ) from None
+    return name, out_dir
 
-    _say(opts, f"configurations: ranking with {opts.method} ({opts.grid_resamples} resamples)")
-    configs = config_table(
-        study,
-        confidence=opts.confidence,
-        method=opts.method,
-        n_resamples=opts.grid_resamples,
-        seed=opts.seed,
+
+def _no_replicas(study: Study, counts: dict[str, int]) -> AnalysisError:
+    runs = ", ".join(
+        f"{r.info.run_id} ({r.data.tags.get('mtl.kind', '?')}, {r.info.status})"
+        for r in study.top_runs
     )
-    is_grid = len(configs) > 1
-    head, head_why = _pick_headline(configs)
-    values = study.usable.set_index("run_id").loc[head["run_ids"], "final_test_acc"].to_numpy()
-    n = len(values)
-    m = opts.resample_size or min(REPORT["resample_size"], n)
+    return AnalysisError(
+        f"the selected run(s) {runs} have no replica runs ({counts['job_runs']} job run(s), "
+        f"{counts['failed_jobs']} failed): nothing to bootstrap. Without --run-id the analysis "
+        "takes the latest FINISHED study; choose another with --run-id <sweep or job run id> "
+        "(listed by `mlflow runs list --experiment-id <id>`) or --tag mtl.study=<name>."
+    )
 
+
+def _bootstrap_both(
+    values: np.ndarray, m: int, opts: Options
+) -> tuple[BootstrapResult, BootstrapResult]:
+    """The report's m-out-of-n bootstrap and the standard one, on the headline values."""
+    n = len(values)
     _say(opts, f"bootstrap (report's method): {opts.n_resamples} resamples of {m} from {n} runs")
 
     def progress(done: int, total: int) -> None:
@@ -393,7 +456,19 @@ def analyse(study: Study, opts: Options) -> Analysis:
         seed=opts.seed,
     )
     _say(opts, f"  {sres.seconds:.2f} s; figures ...")
+    return mres, sres
 
+
+def _figures(
+    study: Study,
+    head: pd.Series,
+    configs: pd.DataFrame,
+    results: list[BootstrapResult],
+    fig_dir: Path,
+    confidence: float,
+    method: str,
+) -> dict[str, Path]:
+    """Draw and save every figure of the report; returns stem -> PNG path."""
     head_runs = study.runs.set_index("run_id").loc[head["run_ids"]]
     curves = study.curves[study.curves["run_id"].isin(head["run_ids"])]
     made: dict[str, figures.Figure] = {}
@@ -405,34 +480,51 @@ def analyse(study: Study, opts: Options) -> Analysis:
         )
         made.update(
             figures.curve_figures(
-                curves, first, head_runs.loc[first, "seed"], confidence=opts.confidence,
+                curves, first, head_runs.loc[first, "seed"], confidence=confidence,
                 setting=setting,
             )
         )  # fmt: skip
     made["bootstrap"] = figures.bootstrap_figure(
-        [mres, sres],
+        results,
         reference={"mean": REPORT["mean"], "std": REPORT["std"]},
         reference_label="report (99%)",
     )
-    if is_grid:
-        made["grid_ranked"] = figures.ranked_figure(
-            configs, confidence=opts.confidence, method=opts.method
-        )
+    if len(configs) > 1:
+        made["grid_ranked"] = figures.ranked_figure(configs, confidence=confidence, method=method)
         made["grid_heatmap"] = figures.heatmap_figure(configs)
         if len(study.curves):
             made["grid_accuracy_vs_epochs"] = figures.grid_curves_figure(study.curves, configs)
-    figs = {stem: figures.save(fig, fig_dir, stem) for stem, fig in made.items()}
+    return {stem: figures.save(fig, fig_dir, stem) for stem, fig in made.items()}
 
-    rows, cols = comparison(n, [mres, sres])
-    table_md, table_txt = render_markdown(rows, cols), render_text(rows, cols)
-    prov = _provenance(study)
+
+def _summary(
+    study: Study,
+    opts: Options,
+    name: str,
+    head: pd.Series,
+    head_why: str,
+    values: np.ndarray,
+    results: tuple[BootstrapResult, BootstrapResult],
+    configs: pd.DataFrame,
+) -> dict:
+    """Everything summary.json holds (figures and MLflow ids are added by the caller)."""
+    head_runs = study.runs.set_index("run_id").loc[head["run_ids"]]
     n_test = head_runs["params.data.n_test"].iloc[0] if "params.data.n_test" in head_runs else "?"
-    summary = {
+    dups = study.duplicates
+    return {
         "name": name,
-        "headline": f"{head['label']}: {n} runs",
+        "headline": f"{head['label']}: {len(values)} runs",
         "study": study.study_name,
-        "selection": prov,
-        "counts": counts,
+        "selection": _provenance(study),
+        "counts": study.counts(),
+        "warnings": study.warnings(limit=None),
+        "duplicates": [
+            {"run_id": d.run_id, "kept_run_id": d.kept_run_id, "status": d.status}
+            for d in dups.itertuples()
+        ]
+        if len(dups)
+        else [],
+        "sweeps": [sw.as_dict() for sw in study.sweeps],
         "headline_config": {
             k: (v.item() if hasattr(v, "item") else v)
             for k, v in head.drop(labels=["run_ids"]).items()
@@ -440,7 +532,7 @@ def analyse(study: Study, opts: Options) -> Analysis:
         "headline_reason": head_why,
         "n_test": n_test if isinstance(n_test, str) else int(n_test),
         "final_test_acc": [float(v) for v in values],
-        "bootstrap": {"report_method": mres.as_dict(), "standard": sres.as_dict()},
+        "bootstrap": {"report_method": results[0].as_dict(), "standard": results[1].as_dict()},
         "report": {k: list(v) if isinstance(v, tuple) else v for k, v in REPORT.items()},
         "configs": [
             {k: v for k, v in r.items() if k != "run_ids"} for r in configs.to_dict("records")
@@ -450,25 +542,64 @@ def analyse(study: Study, opts: Options) -> Analysis:
             "seconds": round(study.curves_seconds, 3),
             "missing": study.curves_missing,
         },
-        "figures": {k: str(v.relative_to(out_dir)) for k, v in figs.items()},
         "analysis": {
             "git_commit": _git_commit(),
             "command": opts.command,
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }
-    md = _markdown(study, summary, table_md, mres, sres, configs, figs, out_dir, is_grid)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _log_or_explain(
+    study: Study, out_dir: Path, summary: dict, opts: Options, name: str
+) -> tuple[str | None, str | None]:
+    """(analysis run id, None), or (None, one paragraph) when the store refuses the run."""
+    _say(opts, "logging the report to MLflow as an analysis run ...")
+    try:
+        return _log_to_mlflow(study, out_dir, summary, opts, name), None
+    except store_errors() as e:
+        err = store_error(study.tracking_uri, e, "logging the analysis run")
+        return None, (
+            f"the report was written to {out_dir}, but {err} Re-run with --no-mlflow to skip "
+            "logging the analysis run; the report files are complete without it."
+        )
+
+
+def analyse(study: Study, opts: Options) -> Analysis:
+    """Run the whole analysis of ``study`` and write the report; see the module docstring."""
+    check_options(opts)
+    if study.counts()["replica_runs"] == 0:
+        raise _no_replicas(study, study.counts())
+    _say(opts, f"configurations: ranking with {opts.method} ({opts.grid_resamples} resamples)")
+    configs = config_table(
+        study,
+        confidence=opts.confidence,
+        method=opts.method,
+        n_resamples=opts.grid_resamples,
+        seed=opts.seed,
+    )
+    head, head_why = _pick_headline(configs)
+    values = study.usable.set_index("run_id").loc[head["run_ids"], "final_test_acc"].to_numpy()
+    m = resample_size(opts, len(values), head["label"])
+    name, out_dir = _out_dir(study, opts)
+    mres, sres = _bootstrap_both(values, m, opts)
+    figs = _figures(
+        study, head, configs, [mres, sres], out_dir / "figures", opts.confidence, opts.method
+    )
+    rows, cols = comparison(len(values), [mres, sres])
+    table_md, table_txt = render_markdown(rows, cols), render_text(rows, cols)
+    summary = _summary(study, opts, name, head, head_why, values, (mres, sres), configs)
+    summary["figures"] = {k: str(v.relative_to(out_dir)) for k, v in figs.items()}
+    md = _markdown(study, summary, table_md, mres, sres, configs, figs, out_dir, len(configs) > 1)
     report_md = out_dir / "report.md"
     report_md.write_text(md)
     _write_summary(out_dir / "summary.json", summary)
-    rid = None
+    rid = err = None
     if opts.log_to_mlflow:
-        _say(opts, "logging the report to MLflow as an analysis run ...")
-        rid = _log_to_mlflow(study, out_dir, summary, opts, name)
-        summary["analysis"]["mlflow_run_id"] = rid
+        rid, err = _log_or_explain(study, out_dir, summary, opts, name)
+        summary["analysis"].update(mlflow_run_id=rid, mlflow_error=err)
         _write_summary(out_dir / "summary.json", summary)
-    return Analysis(out_dir, report_md, summary, table_txt, rid)
+    return Analysis(out_dir, report_md, summary, table_txt, rid, err)
 
 
 def _json_safe(obj: object) -> object:
@@ -489,12 +620,22 @@ def _write_summary(path: Path, summary: dict) -> None:
 
 
 def _counts_line(c: dict[str, int]) -> str:
+    rerun = f" ({c['rerun_jobs']} more re-run and FINISHED)" if c["rerun_jobs"] else ""
     return (
-        f"{c['replica_runs']} replica runs in {c['job_runs']} job run(s): {c['used']} used; "
+        f"{c['replica_runs']} replica runs in {c['job_runs']} job run(s): {c['duplicates']} "
+        f"duplicate(s) of a configuration and seed set aside; of the rest {c['used']} used; "
         f"{c['diverged']} diverged, {c['failed']} failed, {c['killed']} killed, "
         f"{c['unfinished']} unfinished, {c['missing_final_test_acc']} without final_test_acc "
-        f"(all excluded from the bootstrap); {c['failed_jobs']} job run(s) failed."
+        f"(all excluded from the bootstrap); {c['failed_jobs']} job run(s) failed{rerun}."
     )
+
+
+def _completeness(study: Study) -> list[str]:
+    """The report.md section on skipped runs, duplicates and incomplete sweeps (may be empty)."""
+    notes = study.warnings(limit=None)
+    if not notes:
+        return []
+    return ["## Completeness", "", *(f"- {n}" for n in notes), ""]
 
 
 def _markdown(
@@ -520,6 +661,7 @@ def _markdown(
         "",
         f"Study `{s['study']}`; {_counts_line(c)}",
         "",
+        *_completeness(study),
         f"Headline configuration ({s['headline_reason']}): lr {head['lr']:g}, batch size "
         f"{head['batch_size']}, activations {head['activations']}; {n} usable runs.",
         "Values are each run's final test accuracy, a fraction of the n_test = "
@@ -606,15 +748,18 @@ def _markdown(
     failed = study.jobs[study.jobs["status"] != "FINISHED"] if len(study.jobs) else study.jobs
     if len(failed):
         out += ["## Failed job runs", ""]
+        done = set(study.jobs.loc[study.jobs["status"] == "FINISHED", "config_hash"]) - {""}
         out += [
-            f"- `{j.run_id}` {j.status}: {j.error or '(no mtl.error)'}" for j in failed.itertuples()
+            f"- `{j.run_id}` {j.status}: {j.error or '(no mtl.error)'}"
+            + (" (its configuration was re-run and FINISHED)" if j.config_hash in done else "")
+            for j in failed.itertuples()
         ]
         out.append("")
     out += [
         "## Provenance",
         "",
         f"- Tracking URI: `{prov['tracking_uri']}`",
-        f"- Selected run(s): {', '.join(f'`{r}` ({k})' for r, k in zip(prov['top_run_ids'], prov['top_run_kinds'], strict=True))}",  # noqa: E501
+        f"- Selected run(s): {', '.join(f'`{r}` ({k}, {st})' for r, k, st in zip(prov['top_run_ids'], prov['top_run_kinds'], prov['top_run_statuses'], strict=True))}",  # noqa: E501
         f"- Command that produced the runs: {', '.join(f'`{x}`' for x in prov['commands']) or 'unknown'}",  # noqa: E501
         f"- Git commit of the runs: {', '.join(f'`{x}`' for x in prov['git_commits'])}"
         + (f" (dirty: {', '.join(prov['git_dirty'])})" if prov["git_dirty"] else ""),

@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ class Logged:
     top_run_id: str  # the sweep run if any, else the job run
     job_run_ids: list[str] = field(default_factory=list)
     replicas: list[dict] = field(default_factory=list)  # one dict per replica run
+    config_hashes: list[str] = field(default_factory=list)  # one per config, as tagged
 
 
 def _config(lr: float, batch_size: int, activations: str, epochs: int, eval_every: int) -> dict:
@@ -45,6 +46,16 @@ def _config(lr: float, batch_size: int, activations: str, epochs: int, eval_ever
     }
 
 
+def _hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def overrides(lr: float, batch_size: int, activations: str) -> list[str]:
+    """A job's overrides as the harness lists them in sweep_jobs.json."""
+    acts = f"model.activations=[{activations}]"
+    return [f"optim.lr={lr}", f"trainer.batch_size={batch_size}", acts]
+
+
 def _ms(i: int) -> int:
     return 1_700_000_000_000 + 1000 * i  # distinct, ordered start times
 
@@ -59,6 +70,7 @@ class StoreBuilder:
         self.uri = f"sqlite:///{root / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=self.uri)
         self._clock = itertools.count()
+        self.curves_csv = True
 
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -82,10 +94,20 @@ class StoreBuilder:
         failed_jobs: Sequence[int] = (),  # config indices whose job fails before replicas
         sweep: bool | None = None,
         curves_csv: bool = True,
+        job_status: Mapping[int, str] | None = None,  # config index -> KILLED/RUNNING/FAILED
+        not_run: Sequence[int] = (),  # config indices planned by the sweep but never started
+        sweep_status: str = "FINISHED",  # RUNNING leaves the sweep run open (a crash)
+        sweep_jobs_file: bool = True,  # log sweep_jobs.json on the sweep run
+        sweep_run_id: str | None = None,  # add the jobs to this sweep (a re-run) instead
     ) -> Logged:
-        """Log one study; ``accuracies[c][r]`` is replica r of config c's final test accuracy."""
+        """Log one study; ``accuracies[c][r]`` is replica r of config c's final test accuracy.
+
+        A job in ``job_status`` logs its replicas and then ends, with them, in that status
+        (RUNNING: never ended, as after kill -9).
+        """
         exp_id = self.experiment(experiment)
-        sweep = len(configs) > 1 if sweep is None else sweep
+        self.curves_csv = curves_csv
+        sweep = len(configs) > 1 or sweep_run_id is not None if sweep is None else sweep
         command = f"python -m experiments.train {'-m ' if sweep else ''}experiment={study}"
         base_tags = {"mtl.study": study, "mtl.git_commit": COMMIT, "mtl.command": command}
         rng = np.random.default_rng(len(configs) * 1000 + seeds)
@@ -94,21 +116,18 @@ class StoreBuilder:
                 list(np.round(rng.normal(0.985 - 0.01 * c, 0.005, seeds).clip(0, 1), 3))
                 for c in range(len(configs))
             ]
-        top_id = ""
-        sweep_id = None
-        if sweep:
-            run = self.client.create_run(
-                exp_id,
-                start_time=_ms(next(self._clock)),
-                tags={**base_tags, "mtl.kind": "sweep", "mtl.overrides": f"experiment={study}"},
-            )
-            sweep_id = top_id = run.info.run_id
-        logged = Logged(self.uri, experiment, top_id)
+        cfgs = [_config(lr, bs, act, epochs, eval_every) for lr, bs, act in configs]
+        hashes = [_hash(cfg) for cfg in cfgs]
+        sweep_id = sweep_run_id
+        if sweep and sweep_id is None:
+            sweep_id = self._open_sweep(exp_id, base_tags, study, configs, hashes, sweep_jobs_file)
+        logged = Logged(self.uri, experiment, sweep_id or "", config_hashes=hashes)
+        status = dict(job_status or {})
         for c, (lr, bs, act) in enumerate(configs):
-            cfg = _config(lr, bs, act, epochs, eval_every)
-            chash = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+            if c in not_run:
+                continue
             overrides = f"experiment={study} optim.lr={lr} trainer.batch_size={bs}"
-            tags = {**base_tags, "mtl.config_hash": chash, "mtl.overrides": overrides}
+            tags = {**base_tags, "mtl.config_hash": hashes[c], "mtl.overrides": overrides}
             if sweep_id:
                 tags["mtl.sweep_run_id"] = sweep_id
             job = self.client.create_run(
@@ -116,70 +135,104 @@ class StoreBuilder:
             )
             jid = job.info.run_id
             logged.job_run_ids.append(jid)
-            top_id = top_id or jid
-            logged.top_run_id = top_id
-            self.client.log_batch(
-                jid, params=[Param(k, str(v)) for k, v in {**cfg, "replicas": seeds}.items()]
-            )
+            logged.top_run_id = logged.top_run_id or jid
+            params = [Param(k, str(v)) for k, v in {**cfgs[c], "replicas": seeds}.items()]
+            self.client.log_batch(jid, params=params)
             if c in failed_jobs:
                 self.client.set_tag(jid, "mtl.error", "ValueError: lr must be positive")
                 self.client.set_terminated(jid, "FAILED")
                 continue
-            accs = np.asarray(accuracies[c], dtype=float)
-            for r, acc in enumerate(accs):
-                seed = r
-                is_div = (c, r) in diverged
-                rtags = {
-                    **tags,
-                    "mtl.kind": "replica",
-                    "mtl.job_run_id": jid,
-                    "mtl.seed": str(seed),
-                    "mtl.diverged": "true" if is_div else "false",
-                }
-                rep = self.client.create_run(exp_id, start_time=_ms(next(self._clock)), tags=rtags)
-                rid = rep.info.run_id
-                curve = self._curve(acc, epochs, eval_every, seed, is_div)
-                final = curve.iloc[-1]
-                ts = _ms(0)
-                metrics = [
-                    Metric(k, float(row[k]), ts, int(row["epoch"]))
-                    for _, row in curve.iterrows()
-                    for k in ("train_loss", "test_loss", "train_acc", "test_acc")
-                ]
-                metrics += [
-                    Metric(f"final_{k}", float(final[k]), ts, 0)
-                    for k in ("train_loss", "test_loss", "train_acc", "test_acc")
-                ]
-                metrics += [
-                    Metric("diverged", float(is_div), ts, 0),
-                    Metric("diverged_epoch", float(epochs // 2 if is_div else -1), ts, 0),
-                ]
-                params = [Param(k, str(v)) for k, v in {**cfg, "replicas": seeds}.items()]
-                params.append(Param("seed", str(seed)))
-                self.client.log_batch(rid, metrics=metrics, params=params)
-                if curves_csv:
-                    d = self.root / "curves" / rid
-                    d.mkdir(parents=True)
-                    curve.to_csv(d / "curves.csv", index=False)
-                    self.client.log_artifact(rid, str(d / "curves.csv"))
-                self.client.set_terminated(rid, "FINISHED")
-                logged.replicas.append(
-                    {
-                        "run_id": rid,
-                        "job_run_id": jid,
-                        "config": c,
-                        "seed": seed,
-                        "diverged": is_div,
-                        "final_test_acc": float(final["test_acc"]),
-                        "lr": lr,
-                        "batch_size": bs,
-                        "activations": act,
-                    }
-                )
-            self.client.set_terminated(jid, "FINISHED")
+            end = status.get(c, "FINISHED")
+            for r, acc in enumerate(np.asarray(accuracies[c], dtype=float)):
+                rep = self._replica(exp_id, tags, jid, cfgs[c], seeds, r, acc, (c, r) in diverged)
+                rep.update(config=c, lr=lr, batch_size=bs, activations=act, status=end)
+                logged.replicas.append(rep)
+                self._end(rep["run_id"], end)
+            self._end(jid, end)
         if sweep_id:
-            self.client.set_terminated(sweep_id, "FINISHED")
+            self._end(sweep_id, sweep_status)
         return logged
+
+    def _end(self, run_id: str, status: str) -> None:
+        if status != "RUNNING":
+            self.client.set_terminated(run_id, status)
+
+    def _open_sweep(
+        self,
+        exp_id: str,
+        base_tags: dict,
+        study: str,
+        configs: Sequence[tuple[float, int, str]],
+        hashes: list[str],
+        jobs_file: bool,
+    ) -> str:
+        """A sweep run planning one job per config: tag mtl.n_jobs and sweep_jobs.json."""
+        tags = {**base_tags, "mtl.kind": "sweep", "mtl.overrides": f"experiment={study}"}
+        tags["mtl.n_jobs"] = str(len(configs))
+        run = self.client.create_run(exp_id, start_time=_ms(next(self._clock)), tags=tags)
+        if jobs_file:
+            jobs = [
+                {"num": c, "overrides": overrides(lr, bs, act), "config_hash": hashes[c]}
+                for c, (lr, bs, act) in enumerate(configs)
+            ]
+            d = self.root / "sweeps" / run.info.run_id
+            d.mkdir(parents=True)
+            (d / "sweep_jobs.json").write_text(json.dumps({"format": 1, "jobs": jobs}))
+            self.client.log_artifact(run.info.run_id, str(d / "sweep_jobs.json"))
+        return run.info.run_id
+
+    def _replica(
+        self,
+        exp_id: str,
+        tags: dict,
+        jid: str,
+        cfg: dict,
+        seeds: int,
+        seed: int,
+        acc: float,
+        is_div: bool,
+    ) -> dict:
+        """One replica run with curves, final metrics and params (not ended)."""
+        rtags = {
+            **tags,
+            "mtl.kind": "replica",
+            "mtl.job_run_id": jid,
+            "mtl.seed": str(seed),
+            "mtl.diverged": "true" if is_div else "false",
+        }
+        rep = self.client.create_run(exp_id, start_time=_ms(next(self._clock)), tags=rtags)
+        rid = rep.info.run_id
+        curve = self._curve(acc, cfg["trainer.epochs"], cfg["trainer.eval_every"], seed, is_div)
+        final = curve.iloc[-1]
+        ts = _ms(0)
+        metrics = [
+            Metric(k, float(row[k]), ts, int(row["epoch"]))
+            for _, row in curve.iterrows()
+            for k in ("train_loss", "test_loss", "train_acc", "test_acc")
+        ]
+        metrics += [
+            Metric(f"final_{k}", float(final[k]), ts, 0)
+            for k in ("train_loss", "test_loss", "train_acc", "test_acc")
+        ]
+        metrics += [
+            Metric("diverged", float(is_div), ts, 0),
+            Metric("diverged_epoch", float(cfg["trainer.epochs"] // 2 if is_div else -1), ts, 0),
+        ]
+        params = [Param(k, str(v)) for k, v in {**cfg, "replicas": seeds}.items()]
+        params.append(Param("seed", str(seed)))
+        self.client.log_batch(rid, metrics=metrics, params=params)
+        if self.curves_csv:
+            d = self.root / "curves" / rid
+            d.mkdir(parents=True)
+            curve.to_csv(d / "curves.csv", index=False)
+            self.client.log_artifact(rid, str(d / "curves.csv"))
+        return {
+            "run_id": rid,
+            "job_run_id": jid,
+            "seed": seed,
+            "diverged": is_div,
+            "final_test_acc": float(final["test_acc"]),
+        }
 
     @staticmethod
     def _curve(final_acc: float, epochs: int, every: int, seed: int, diverged: bool):
@@ -230,3 +283,11 @@ def grid_configs() -> list[tuple[float, int, str]]:
         for lr in (0.001, 0.01, 0.1)
         for bs in (10, 25)
     ]
+
+
+@pytest.fixture
+def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip drawing (~95% of an analysis' time) in tests about counts and messages."""
+    import analysis.report
+
+    monkeypatch.setattr(analysis.report, "_figures", lambda *args, **kwargs: {})

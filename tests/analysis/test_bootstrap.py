@@ -8,7 +8,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from analysis.bootstrap import m_out_of_n_bootstrap, normal_half_width, scipy_bootstrap
+from analysis.bootstrap import (
+    MAX_RESAMPLES,
+    MIN_RESAMPLES,
+    check_resample_count,
+    m_out_of_n_bootstrap,
+    normal_half_width,
+    scipy_bootstrap,
+)
 from analysis.errors import AnalysisError
 
 TRUE_MEAN, TRUE_SD = 0.985, 0.0055  # accuracy-like numbers: the report's scale
@@ -154,3 +161,15 @@ def test_report_size_bootstrap_is_fast_and_small() -> None:
     assert res.n_resamples == 1_000_000 and res.resample_size == 100
     assert seconds < 2.0, f"{seconds:.2f} s"
     assert peak < 500e6, f"{peak / 1e6:.0f} MB"
+
+
+def test_resample_counts_beyond_the_cap_are_refused_before_allocating() -> None:
+    t0 = time.perf_counter()
+    for fn in (m_out_of_n_bootstrap, scipy_bootstrap):
+        with pytest.raises(AnalysisError, match=r"n_resamples 10,000,001 is more resamples"):
+            fn([0.9, 0.8, 0.85], n_resamples=MAX_RESAMPLES + 1)
+    assert time.perf_counter() - t0 < 1
+    check_resample_count("--n-resamples", MIN_RESAMPLES)  # both ends are accepted
+    check_resample_count("--n-resamples", MAX_RESAMPLES)
+    with pytest.raises(AnalysisError, match=r"--x 1,000,001 .* accepted: 1,000 to 1,000,000"):
+        check_resample_count("--x", 1_000_001, maximum=1_000_000)

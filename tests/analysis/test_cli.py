@@ -28,7 +28,7 @@ def test_report_study_end_to_end(store, tmp_path: Path, capsys) -> None:
     code, out, err = _run(
         capsys,
         *("--tracking-uri", store.uri, "--out", str(tmp_path / "reports"), "--name", "r1"),
-        *("--n-resamples", "2000", "--grid-resamples", "200"),
+        *("--n-resamples", "2000", "--grid-resamples", "1000"),
     )
     assert code == 0, err
     report = tmp_path / "reports" / "r1" / "report.md"
@@ -43,9 +43,9 @@ def test_report_study_end_to_end(store, tmp_path: Path, capsys) -> None:
     assert "2.576 x 0.55 / sqrt(110) = 0.135 pp" in md
     assert "ddof=1" in md and "n_test = 1000" in md and "sqrt(n/m)" in md
     assert "m = 5 here, not the report's 100 (only 5 usable runs)" in md
-    assert f"`{logged.top_run_id}` (job)" in md
+    assert f"`{logged.top_run_id}` (job, FINISHED)" in md
     assert "`python -m experiments.train experiment=report`" in md
-    assert "`0123456789abcdef0123456789abcdef01234567`" in md
+    assert "`0123456789abcdef0123456789abcdef01234567`" in md and "(dirty: )" not in md
     for name in ("fig1_loss", "fig2_accuracy", "bootstrap"):
         assert f"](figures/{name}.png)" in md
         assert (report.parent / "figures" / f"{name}.png").stat().st_size > 10_000
@@ -71,7 +71,7 @@ def test_report_study_end_to_end(store, tmp_path: Path, capsys) -> None:
     assert {"report.md", "summary.json", "figures"} <= artifacts
     # The analysis run is not mistaken for part of the study by a second analysis.
     code, out, _ = _run(capsys, "--tracking-uri", store.uri, "--out", str(tmp_path / "b"),
-                        "--n-resamples", "500", "--no-mlflow", "-q")  # fmt: skip
+                        "--n-resamples", "1000", "--no-mlflow", "-q")  # fmt: skip
     assert code == 0 and "this study, report method  5" in out
 
 
@@ -87,7 +87,7 @@ def test_grid_sweep(store, grid_configs, tmp_path: Path, capsys) -> None:
     code, out, err = _run(
         capsys,
         *("--tracking-uri", store.uri, "--experiment", "grid", "--out", str(tmp_path)),
-        *("--n-resamples", "1000", "--grid-resamples", "200", "--method", "percentile"),
+        *("--n-resamples", "1000", "--grid-resamples", "1000", "--method", "percentile"),
         "--no-mlflow",
     )
     assert code == 0, err
@@ -114,7 +114,7 @@ def test_grid_sweep(store, grid_configs, tmp_path: Path, capsys) -> None:
 )
 def test_bad_input_exits_2_with_one_message(store, capsys, args, message) -> None:
     store.study(seeds=2)
-    code, out, err = _run(capsys, "--tracking-uri", store.uri, "--n-resamples", "100", *args)
+    code, out, err = _run(capsys, "--tracking-uri", store.uri, "--n-resamples", "1000", *args)
     assert code == 2
     assert message in err
     assert "Traceback" not in err and out == ""
@@ -188,3 +188,43 @@ def test_quick_multirun_then_analysis(tmp_path: Path) -> None:
         [e.experiment_id for e in client.search_experiments()], "tags.`mtl.kind` = 'analysis'"
     )
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-resamples", "1"], "--n-resamples 1 is too few resamples for a 99% interval"),
+        (["--n-resamples", "999"], "--n-resamples 999 is too few resamples for a 99% interval"),
+        (["--grid-resamples", "1"], "--grid-resamples 1 is too few resamples"),
+        (
+            ["--n-resamples", "1e12"],
+            "--n-resamples 1,000,000,000,000 is more resamples than this analysis computes in "
+            "reasonable time and memory (~50,000.0 GB, ~4 us each); accepted: 1,000 to "
+            "10,000,000",
+        ),
+        (["--n-resamples", "10000001"], "accepted: 1,000 to 10,000,000"),
+        (["--grid-resamples", "2e6"], "--grid-resamples 2,000,000 is more resamples"),
+        (["--grid-resamples", "999"], "accepted: 1,000 to 1,000,000"),
+        (["--resample-size", "1"], "--resample-size 1 is too small"),
+    ],
+)
+def test_bootstrap_settings_refused_before_reading_the_store(tmp_path, capsys, args, message):
+    # The store does not exist: the settings are refused before it is looked for.
+    code, out, err = _run(capsys, "--tracking-uri", f"sqlite:///{tmp_path}/no.db", *args)
+    assert code == 2 and out == ""
+    assert err.startswith("minitorch-analysis: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_resample_size_larger_than_the_runs_is_refused(store, capsys) -> None:
+    store.study(seeds=20)
+    code, out, err = _run(capsys, "--tracking-uri", store.uri, "--resample-size", "1000",
+                          "--n-resamples", "1000", "--grid-resamples", "1000", "-q")  # fmt: skip
+    assert code == 2 and out == ""
+    assert (
+        "--resample-size 1000 is larger than the 20 usable runs of lr 0.01, batch 25, "
+        "tanh,tanh,tanh: resamples of m > n values give an interval about sqrt(m/n) = 7.1x "
+        "narrower than 20 runs support. Accepted: 2 to 20; the default is 100, or n when there "
+        "are fewer runs."
+    ) in err
+    assert err.count("\n") == 1

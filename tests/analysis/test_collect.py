@@ -65,7 +65,10 @@ def test_default_is_latest_report_study(store) -> None:
     assert study.top_runs[0].info.run_id == newer.top_run_id
     assert len(study.runs) == 3
     both = load_study(store.uri, tags={"mtl.study": "report"}, all_runs=True, curves=None)
-    assert len(both.runs) == 5
+    # Seeds 0 and 1 of the same configuration ran in both studies: counted once, the newer kept.
+    assert len(both.runs) == 3 and len(both.duplicates) == 2
+    assert set(both.runs["job_run_id"]) == {newer.job_run_ids[0]}
+    assert both.counts()["replica_runs"] == 5
 
 
 def test_select_by_experiment_run_id_and_tag(store, grid_configs) -> None:

@@ -378,8 +378,8 @@ def test_the_analysis_ends_runs_of_dead_processes_killed(tmp_path):
     its run RUNNING with its process gone and ends it KILLED before choosing a study."""
     from analysis.__main__ import main as analysis_main
     from experiments.reaper import process_tags
-    from experiments.train import JobContext, run
     from experiments.tracking import Tracker
+    from experiments.train import JobContext, run
     from tests.experiments.conftest import compose_cfg
 
     uri = sqlite_uri(tmp_path)
