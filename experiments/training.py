@@ -1,16 +1,25 @@
 """Replica-batched training of the test model: plain values in, tensors of metrics out.
 
-No Hydra and no MLflow here, so the loop can be tested and benchmarked alone.
+No Hydra and no MLflow here, so the loop can be tested and benchmarked alone. Optionally each
+shard (the replicas one process trains) checkpoints its state every few epochs and resumes from
+it when started again with the same settings, ending exactly as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
+import logging
 import multiprocessing
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -18,9 +27,16 @@ from torch import Tensor
 
 import minitorch as mt
 from experiments.data import ENCODINGS, DiskData, disk_replicas
+from experiments.processes import init_worker, kill_pool
+
+log = logging.getLogger(__name__)
 
 IN_FEATURES = 2
 OUT_FEATURES = 2
+# Measured with benchmarks/checkpoint.py: < 2% of training time for the report and grid jobs.
+CHECKPOINT_EVERY = 500
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint's content changes: older ones are then ignored
+_TMP_SUFFIX = ".tmp"
 
 
 @dataclass
@@ -36,12 +52,14 @@ class TrainResult:
     diverged: Tensor  # [R] bool
     diverged_epoch: Tensor  # [R] int64, -1 when not diverged
     state: dict[str, Tensor]  # "0.weight": [R, out, in], ...
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # this process's seconds, by part
+    resumed_from: Tensor | None = None  # [R] int64: checkpoint epoch trained on from, 0 if none
 
     @staticmethod
     def concat(parts: Sequence[TrainResult]) -> TrainResult:
         """Join results of disjoint replica shards along the replica axis, in order."""
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        resumed = None if any(p.resumed_from is None for p in parts) else cat("resumed_from")
         return TrainResult(
             seeds=[s for p in parts for s in p.seeds],
             eval_epochs=parts[0].eval_epochs,
@@ -54,7 +72,40 @@ class TrainResult:
             state={k: torch.cat([p.state[k] for p in parts]) for k in parts[0].state},
             # Shards run in parallel: the job took as long as its slowest shard.
             timings={k: max(p.timings.get(k, 0.0) for p in parts) for k in parts[0].timings},
+            resumed_from=resumed,
         )
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where each shard saves its training state, and how often (epochs; 0 turns it off)."""
+
+    folder: Path
+    every: int = CHECKPOINT_EVERY
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
+            raise ValueError(
+                f"Checkpointing: every={self.every!r} is not accepted; expected an integer >= 0 "
+                "(epochs between checkpoints; 0 turns them off)."
+            )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every shard of a job trains with, besides its seeds and learning rates."""
+
+    hidden: tuple[int, ...]
+    activations: tuple[str, ...]
+    init: str
+    loss: str
+    batch_size: int
+    epochs: int
+    eval_every: int
+    n_train: int
+    n_test: int
+    encoding: str
 
 
 def eval_epochs_for(epochs: int, eval_every: int) -> Tensor:
@@ -110,39 +161,18 @@ def train_replicas(
     encoding: str = "onehot",
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> TrainResult:
     """Train one model per seed, all at once through the replica axis.
 
     Replica r draws its data, initial weights and per-epoch shuffles from seed r alone, so it
     ends exactly as the same seed trained on its own. A replica whose training loss becomes
-    non-finite is marked diverged and frozen; the others go on.
+    non-finite is marked diverged and frozen; the others go on. With `checkpoint`, each shard
+    saves its state every `checkpoint.every` epochs and at the end, and resumes from a saved
+    state of the same settings; `clear_checkpoints` removes them once the results are safe.
     """
     seeds = [int(s) for s in seeds]
-    _check("seeds", seeds, len(seeds) > 0, "at least one seed")
-    _check("hidden", list(hidden), len(hidden) > 0 and all(h > 0 for h in hidden), "sizes > 0")
-    _check(
-        "activations",
-        list(activations),
-        len(activations) == len(hidden),
-        f"one activation per hidden layer ({len(hidden)})",
-    )
-    _check(
-        "activations",
-        list(activations),
-        all(a in mt.ACTIVATIONS for a in activations),
-        f"names among {', '.join(mt.ACTIVATIONS)}",
-    )
-    _check("init", init, init in mt.INIT_SCHEMES, f"one of {', '.join(mt.INIT_SCHEMES)}")
-    _check("loss", loss, loss in mt.LOSSES, f"one of {', '.join(mt.LOSSES)}")
-    _check("n_train", n_train, n_train > 0, "an integer > 0")
-    _check("n_test", n_test, n_test > 0, "an integer > 0")
-    _check("batch_size", batch_size, 0 < batch_size <= n_train, f"an integer in [1, {n_train}]")
-    _check("epochs", epochs, epochs > 0, "an integer > 0")
-    _check("eval_every", eval_every, eval_every > 0, "an integer > 0")
-    _check("encoding", encoding, encoding in ENCODINGS, f"one of {', '.join(ENCODINGS)}")
-    _check("workers", workers, workers >= 1, "an integer >= 1")
-    rates = _per_replica_lr(lr, len(seeds))
-    kwargs = dict(
+    settings = _Settings(
         hidden=tuple(hidden),
         activations=tuple(activations),
         init=init,
@@ -154,27 +184,104 @@ def train_replicas(
         n_test=n_test,
         encoding=encoding,
     )
+    _check_settings(seeds, settings)
+    _check("workers", workers, workers >= 1, "an integer >= 1")
+    _check(
+        "checkpoint",
+        checkpoint,
+        checkpoint is None or isinstance(checkpoint, Checkpointing),
+        "None or a Checkpointing(folder, every)",
+    )
+    rates = _per_replica_lr(lr, len(seeds))
     workers = min(workers, len(seeds))
+    # Contiguous shards, one per process.
+    bounds = [round(i * len(seeds) / workers) for i in range(workers + 1)]
+    shards = [(seeds[a:b], rates[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if checkpoint is not None and checkpoint.every > 0:
+        _note_other_splits(checkpoint.folder, [s for s, _ in shards])
     # Build the native kernel once, here, rather than in every worker at once; if it cannot
     # be built, FusedMLPStep says so and falls back to the torch kernels.
     with contextlib.suppress(mt.native.NativeUnavailable):
-        mt.native.load((IN_FEATURES, *hidden, OUT_FEATURES), tuple(activations), loss)
+        mt.native.load((IN_FEATURES, *settings.hidden, OUT_FEATURES), settings.activations, loss)
     if workers == 1:
-        return _train_shard(seeds, rates, progress=progress, **kwargs)
-    # Contiguous shards; this process trains the first while the others train the rest.
-    bounds = [round(i * len(seeds) / workers) for i in range(workers + 1)]
-    shards = [(seeds[a:b], rates[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    # fork: no re-import of the caller's modules; each child uses one thread (set in the shard).
+        return _train_shard(seeds, rates, settings, progress=progress, checkpoint=checkpoint)
+    return _train_sharded(shards, settings, progress, checkpoint)
+
+
+def _check_settings(seeds: list[int], s: _Settings) -> None:
+    _check("seeds", seeds, len(seeds) > 0, "at least one seed")
+    _check(
+        "hidden", list(s.hidden), len(s.hidden) > 0 and all(h > 0 for h in s.hidden), "sizes > 0"
+    )
+    _check(
+        "activations",
+        list(s.activations),
+        len(s.activations) == len(s.hidden),
+        f"one activation per hidden layer ({len(s.hidden)})",
+    )
+    _check(
+        "activations",
+        list(s.activations),
+        all(a in mt.ACTIVATIONS for a in s.activations),
+        f"names among {', '.join(mt.ACTIVATIONS)}",
+    )
+    _check("init", s.init, s.init in mt.INIT_SCHEMES, f"one of {', '.join(mt.INIT_SCHEMES)}")
+    _check("loss", s.loss, s.loss in mt.LOSSES, f"one of {', '.join(mt.LOSSES)}")
+    _check("n_train", s.n_train, s.n_train > 0, "an integer > 0")
+    _check("n_test", s.n_test, s.n_test > 0, "an integer > 0")
+    _check(
+        "batch_size",
+        s.batch_size,
+        0 < s.batch_size <= s.n_train,
+        f"an integer in [1, {s.n_train}]",
+    )
+    _check("epochs", s.epochs, s.epochs > 0, "an integer > 0")
+    _check("eval_every", s.eval_every, s.eval_every > 0, "an integer > 0")
+    _check("encoding", s.encoding, s.encoding in ENCODINGS, f"one of {', '.join(ENCODINGS)}")
+
+
+def _train_sharded(
+    shards: list[tuple[list[int], Tensor]],
+    settings: _Settings,
+    progress: Callable[[int], None] | None,
+    checkpoint: Checkpointing | None,
+) -> TrainResult:
+    """This process trains the first shard while forked workers train the others."""
+    # fork: no re-import of the caller's modules; each child uses one thread (set in the shard)
+    # and is killed by the kernel if this process dies (init_worker).
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
-        futures = [pool.submit(_train_shard, s, r, threads=1, **kwargs) for s, r in shards[1:]]
-        first = _train_shard(*shards[0], threads=1, progress=progress, **kwargs)
-        parts = [first] + [f.result() for f in futures]
+    pool = ProcessPoolExecutor(
+        max_workers=len(shards) - 1,
+        mp_context=ctx,
+        initializer=init_worker,
+        initargs=(os.getpid(),),
+    )
+    with pool:
+        try:
+            futures = [
+                pool.submit(_train_shard, s, r, settings, threads=1, checkpoint=checkpoint)
+                for s, r in shards[1:]
+            ]
+            first = _train_shard(
+                *shards[0], settings, threads=1, progress=progress, checkpoint=checkpoint
+            )
+            parts = [first] + [f.result() for f in futures]
+        except BaseException:
+            # Failed, interrupted or told to stop (a signal handler raising): the other shards'
+            # results are of no use, so stop them now rather than wait for them.
+            kill_pool(pool)
+            raise
     return TrainResult.concat(parts)
 
 
 def _train_shard(
-    seeds: list[int], rates: Tensor, *, threads: int | None = None, **settings
+    seeds: list[int],
+    rates: Tensor,
+    settings: _Settings,
+    *,
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> TrainResult:
     """One process's share of the replicas, under its thread budget (`threads`, or torch's
     current count); torch's thread count is as before when it returns."""
@@ -185,108 +292,334 @@ def _train_shard(
         # The fused step's backward products may run in numpy's OpenBLAS: give it torch's
         # thread budget, or it would start one thread per core in every worker and launcher job.
         with threadpool_limits(limits=budget, user_api="blas"):
-            return _train_shard_body(seeds, rates, threads=budget, **settings)
+            return _train_shard_body(seeds, rates, settings, budget, progress, checkpoint)
     finally:
         torch.set_num_threads(before)
+
+
+@dataclass
+class _Shard:
+    """One process's replicas in training: model, data, kernel, and how far they got."""
+
+    seeds: list[int]
+    train: DiskData
+    test: DiskData
+    model: mt.Sequential
+    loss_fn: mt.Loss
+    opt: mt.SGD
+    fused: mt.FusedMLPStep
+    shufflers: list[torch.Generator]
+    rates: Tensor  # [R] float32; 0 once a replica diverged
+    points: Tensor  # [E] int64: the evaluation epochs
+    metrics: Tensor  # [4, R, E] float64: train loss, test loss, train acc, test acc
+    diverged: Tensor  # [R] bool
+    diverged_epoch: Tensor  # [R] int64, -1 when not diverged
+    epoch: int = 0  # epochs trained
+    next_eval: int = 0  # index in points of the next evaluation
+    resumed_from: int = 0  # epoch of the checkpoint this process started from
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _build_shard(seeds: list[int], rates: Tensor, s: _Settings, threads: int) -> _Shard:
+    """Data, model, optimizer and kernel of a shard at epoch 0, all drawn from its seeds."""
+    R = len(seeds)
+    train, test = disk_replicas(seeds, s.n_train, s.n_test, s.encoding)
+    model = mt.mlp(
+        (IN_FEATURES, *s.hidden, OUT_FEATURES),
+        s.activations,
+        replicas=R,
+        init=s.init,
+        generator=[mt.seeded_generator(seed, "init") for seed in seeds],
+    )
+    loss_fn = mt.LOSSES[s.loss](replicas=R)
+    opt = mt.SGD(model.params(), rates.clone())
+    points = eval_epochs_for(s.epochs, s.eval_every)
+    return _Shard(
+        seeds=list(seeds),
+        train=train,
+        test=test,
+        model=model,
+        loss_fn=loss_fn,
+        opt=opt,
+        fused=mt.FusedMLPStep(model, loss_fn, opt, threads=threads),
+        shufflers=[mt.seeded_generator(seed, "shuffle") for seed in seeds],
+        rates=rates.clone(),
+        points=points,
+        metrics=torch.full((4, R, len(points)), float("nan"), dtype=torch.float64),
+        diverged=torch.zeros(R, dtype=torch.bool),
+        diverged_epoch=torch.full((R,), -1, dtype=torch.int64),
+        timings={"data": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0},
+    )
 
 
 def _train_shard_body(
     seeds: list[int],
     rates: Tensor,
-    *,
-    hidden: tuple[int, ...],
-    activations: tuple[str, ...],
-    init: str,
-    loss: str,
-    batch_size: int,
-    epochs: int,
-    eval_every: int,
-    n_train: int,
-    n_test: int,
-    encoding: str,
+    s: _Settings,
     threads: int,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None,
+    checkpoint: Checkpointing | None,
 ) -> TrainResult:
-    R = len(seeds)
     t0 = time.perf_counter()
-    train, test = disk_replicas(seeds, n_train, n_test, encoding)
-    sizes = (IN_FEATURES, *hidden, OUT_FEATURES)
-    model = mt.mlp(
-        sizes,
-        activations,
-        replicas=R,
-        init=init,
-        generator=[mt.seeded_generator(s, "init") for s in seeds],
-    )
-    loss_fn = mt.LOSSES[loss](replicas=R)
-    opt = mt.SGD(model.params(), rates.clone())
-    fused = mt.FusedMLPStep(model, loss_fn, opt, threads=threads)
-    if fused.native:
+    shard = _build_shard(seeds, rates, s, threads)
+    if shard.fused.native:
         # The kernel has the thread budget; the loop's small torch ops run on one thread, so
         # that no idle OpenMP thread spins beside the kernel's (_train_shard restores it).
         torch.set_num_threads(1)
-    shufflers = [mt.seeded_generator(s, "shuffle") for s in seeds]
-    points = eval_epochs_for(epochs, eval_every)
-    E = len(points)
-    metrics = torch.full((4, R, E), float("nan"), dtype=torch.float64)
-    diverged = torch.zeros(R, dtype=torch.bool)
-    diverged_epoch = torch.full((R,), -1, dtype=torch.int64)
-    timings = {"data": time.perf_counter() - t0, "train": 0.0, "eval": 0.0}
+    shard.timings["data"] = time.perf_counter() - t0
+    saver = None
+    if checkpoint is not None and checkpoint.every > 0:
+        # The fingerprint holds the rates as given: the shard's own change when replicas diverge.
+        saver = _ShardCheckpoint(checkpoint, seeds, _fingerprint(seeds, rates, s))
+        saver.resume(shard)
+    if shard.next_eval == 0:
+        _evaluate_next(shard)
+    _train_epochs(shard, s, progress, saver)
+    return _result_of(shard)
 
-    params = [p for p, _ in model.params()]
 
-    def record(k: int) -> None:
-        t = time.perf_counter()
-        tr_loss, tr_acc = evaluate(fused, loss_fn, train)
-        te_loss, te_acc = evaluate(fused, loss_fn, test)
-        metrics[:, :, k] = torch.stack([tr_loss, te_loss, tr_acc, te_acc])
-        if diverged.any():
-            metrics[:, diverged, k] = float("nan")
-        timings["eval"] += time.perf_counter() - t
-
-    record(0)
-    k = 1
-    eval_at = points.tolist()
-    t_train = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        perm = torch.stack([torch.randperm(n_train, generator=g) for g in shufflers])
-        # Each replica's rows in its own shuffled order, batch_size at a time (the last batch
-        # may be smaller); the native kernel reads them through perm, without a copy.
-        fused.epoch(train.x, train.targets, batch_size, order=perm)
-        # A non-finite loss makes the gradients, hence the parameters, non-finite at once; one
-        # check per epoch on per-replica parameter sums (which propagate inf/nan) finds it. (A
-        # sum can also overflow for weights near 1e37: such a replica is diverging anyway.)
-        bad = ~torch.isfinite(torch.stack([p.flatten(1).sum(1) for p in params]).sum(0))
-        if bool(bad.any()):
-            new = bad & ~diverged
-            if bool(new.any()):
-                diverged |= new
-                diverged_epoch[new] = epoch
-                # Frozen: rate 0 and NaN weights, so the replica stops changing visibly.
-                rates[new] = 0.0
-                if bool((rates > 0).any()):
-                    opt.set_lr(rates.clone())
-                for p, _ in model.params():
-                    p[new] = float("nan")
-        if epoch == eval_at[k]:
-            timings["train"] += time.perf_counter() - t_train
-            record(k)
-            k += 1
+def _train_epochs(
+    shard: _Shard,
+    s: _Settings,
+    progress: Callable[[int], None] | None,
+    saver: _ShardCheckpoint | None,
+) -> None:
+    """Train from the shard's epoch to the last, evaluating and checkpointing on the way."""
+    if shard.epoch >= s.epochs:
+        return  # resumed from the final checkpoint: nothing left to do
+    eval_at = shard.points.tolist()
+    for epoch in range(shard.epoch + 1, s.epochs + 1):
+        _train_epoch(shard, epoch, s.batch_size)
+        if epoch == eval_at[shard.next_eval]:
+            _evaluate_next(shard)
             if progress is not None:
                 progress(epoch)
-            t_train = time.perf_counter()
-            if bool(diverged.all()):
+            if bool(shard.diverged.all()):
                 break  # nothing left to train; later points stay NaN
-    state = {name: p.clone() for name, p in model.named_params()}
+        if saver is not None and epoch % saver.every == 0 and epoch < s.epochs:
+            saver.save(shard)
+    shard.epoch = s.epochs  # also after a break: a resumed shard must not train on
+    if saver is not None:
+        saver.save(shard)  # so that a job stopped before its results are written need not retrain
+
+
+def _train_epoch(shard: _Shard, epoch: int, batch_size: int) -> None:
+    """One epoch of SGD for every replica in its own shuffled order; freezes those that diverge."""
+    t = time.perf_counter()
+    x, targets = shard.train.x, shard.train.targets
+    perm = torch.stack([torch.randperm(x.shape[1], generator=g) for g in shard.shufflers])
+    # Each replica's rows in its own shuffled order, batch_size at a time (the last batch may be
+    # smaller); the native kernel reads them through perm, without a copy.
+    shard.fused.epoch(x, targets, batch_size, order=perm)
+    # A non-finite loss makes the gradients, hence the parameters, non-finite at once; one check
+    # per epoch on per-replica parameter sums (which propagate inf/nan) finds it. (A sum can also
+    # overflow for weights near 1e37: such a replica is diverging anyway.)
+    params = [p for p, _ in shard.model.params()]
+    bad = ~torch.isfinite(torch.stack([p.flatten(1).sum(1) for p in params]).sum(0))
+    if bool(bad.any()):
+        new = bad & ~shard.diverged
+        if bool(new.any()):
+            shard.diverged |= new
+            shard.diverged_epoch[new] = epoch
+            # Frozen: rate 0 and NaN weights, so the replica stops changing visibly.
+            shard.rates[new] = 0.0
+            if bool((shard.rates > 0).any()):
+                shard.opt.set_lr(shard.rates.clone())
+            for p in params:
+                p[new] = float("nan")
+    shard.epoch = epoch
+    shard.timings["train"] += time.perf_counter() - t
+
+
+def _evaluate_next(shard: _Shard) -> None:
+    """Loss and accuracy on both sets at the next evaluation point (NaN for diverged ones)."""
+    t = time.perf_counter()
+    k = shard.next_eval
+    tr_loss, tr_acc = evaluate(shard.fused, shard.loss_fn, shard.train)
+    te_loss, te_acc = evaluate(shard.fused, shard.loss_fn, shard.test)
+    shard.metrics[:, :, k] = torch.stack([tr_loss, te_loss, tr_acc, te_acc])
+    if shard.diverged.any():
+        shard.metrics[:, shard.diverged, k] = float("nan")
+    shard.next_eval = k + 1
+    shard.timings["eval"] += time.perf_counter() - t
+
+
+def _result_of(shard: _Shard) -> TrainResult:
+    m = shard.metrics
     return TrainResult(
-        seeds=list(seeds),
-        eval_epochs=points,
-        train_loss=metrics[0],
-        test_loss=metrics[1],
-        train_acc=metrics[2],
-        test_acc=metrics[3],
-        diverged=diverged,
-        diverged_epoch=diverged_epoch,
-        state=state,
-        timings=timings,
+        seeds=list(shard.seeds),
+        eval_epochs=shard.points,
+        train_loss=m[0],
+        test_loss=m[1],
+        train_acc=m[2],
+        test_acc=m[3],
+        diverged=shard.diverged,
+        diverged_epoch=shard.diverged_epoch,
+        state={name: p.clone() for name, p in shard.model.named_params()},
+        timings=shard.timings,
+        resumed_from=torch.full((len(shard.seeds),), shard.resumed_from, dtype=torch.int64),
     )
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def _fingerprint(seeds: list[int], rates: Tensor, s: _Settings) -> dict[str, Any]:
+    """Everything a shard's results depend on; a checkpoint resumes only under the same one."""
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(s).items()}
+    return {"format": CHECKPOINT_FORMAT, "seeds": list(seeds), "lr": rates.tolist(), **settings}
+
+
+def _checkpoint_name(seeds: list[int]) -> str:
+    return f"shard-{seeds[0]}-{len(seeds)}.pt"
+
+
+def _note_other_splits(folder: Path, shard_seeds: list[list[int]]) -> None:
+    """Say so when the folder holds checkpoints of another split of the replicas (another
+    number of workers): they are not resumed."""
+    if not folder.is_dir():
+        return
+    ours = {_checkpoint_name(seeds) for seeds in shard_seeds}
+    others = sorted(p.name for p in folder.glob("shard-*.pt") if p.name not in ours)
+    if others:
+        log.warning(
+            "checkpoints %s in %s split the replicas otherwise (another number of workers?) and "
+            "are not resumed; this job's shards save to %s.",
+            ", ".join(others), folder, ", ".join(sorted(ours)),
+        )  # fmt: skip
+
+
+class _ShardCheckpoint:
+    """One shard's checkpoint file: written atomically, resumed only under the same settings."""
+
+    def __init__(self, checkpoint: Checkpointing, seeds: list[int], fingerprint: dict) -> None:
+        self.path = checkpoint.folder / _checkpoint_name(seeds)
+        self.every = checkpoint.every
+        self.fingerprint = fingerprint
+        self.label = f"seeds {seeds[0]}..{seeds[-1]}"
+        self.failed = False
+
+    def resume(self, shard: _Shard) -> None:
+        """Load the saved state into a fresh shard if there is one of the same settings."""
+        t = time.perf_counter()
+        state = self._read()
+        if state is not None:
+            _load_state(shard, state)
+            log.info(
+                "%s: resuming from epoch %d of %d (checkpoint %s)",
+                self.label, shard.epoch, self.fingerprint["epochs"], self.path,
+            )  # fmt: skip
+        shard.timings["checkpoint"] += time.perf_counter() - t
+
+    def _read(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, weights_only=True)
+            saved = state["fingerprint"]
+        except Exception as exc:  # whatever cannot be read is not resumed
+            log.warning(
+                "%s: checkpoint %s cannot be read (%s); not resumed, training from epoch 0.",
+                self.label, self.path, exc,
+            )  # fmt: skip
+            return None
+        if saved != self.fingerprint:
+            keys = sorted(
+                k for k in {*saved, *self.fingerprint} if saved.get(k) != self.fingerprint.get(k)
+            )
+            log.warning(
+                "%s: checkpoint %s was saved with other settings (%s differ); not resumed, "
+                "training from epoch 0 (the file is replaced at the next checkpoint).",
+                self.label, self.path, ", ".join(keys),
+            )  # fmt: skip
+            return None
+        return state
+
+    def save(self, shard: _Shard) -> None:
+        """Write the shard's state; a failure (disk full) is logged once and training goes on."""
+        t = time.perf_counter()
+        buf = io.BytesIO()
+        torch.save({"fingerprint": self.fingerprint, **_state_of(shard)}, buf)
+        try:
+            _write_atomic(self.path, buf.getbuffer())
+        except OSError as exc:
+            if not self.failed:
+                log.warning(
+                    "%s: cannot write checkpoint %s (%s); training goes on without it.",
+                    self.label, self.path, exc,
+                )  # fmt: skip
+            self.failed = True
+        shard.timings["checkpoint"] += time.perf_counter() - t
+
+
+def _state_of(shard: _Shard) -> dict[str, Any]:
+    """What training changes: with the settings, it determines the rest of the run."""
+    k = shard.next_eval
+    return {
+        "epoch": shard.epoch,
+        "next_eval": k,
+        # Copies: torch.save writes a view's whole storage.
+        "params": {name: p.clone() for name, p in shard.model.named_params()},
+        "rates": shard.rates.clone(),
+        "diverged": shard.diverged.clone(),
+        "diverged_epoch": shard.diverged_epoch.clone(),
+        "shuffle": torch.stack([g.get_state() for g in shard.shufflers]),
+        "metrics": shard.metrics[:, :, :k].clone(),
+    }
+
+
+def _load_state(shard: _Shard, state: dict[str, Any]) -> None:
+    """Put a saved state into a freshly built shard of the same settings."""
+    params = dict(shard.model.named_params())
+    for name, value in state["params"].items():
+        params[name].copy_(value)
+    shard.rates.copy_(state["rates"])
+    if bool((shard.rates > 0).any()):
+        shard.opt.set_lr(shard.rates.clone())
+    shard.diverged.copy_(state["diverged"])
+    shard.diverged_epoch.copy_(state["diverged_epoch"])
+    for g, g_state in zip(shard.shufflers, state["shuffle"], strict=True):
+        g.set_state(g_state.clone())
+    k = state["next_eval"]
+    shard.metrics[:, :, :k] = state["metrics"]
+    shard.next_eval = k
+    shard.epoch = shard.resumed_from = state["epoch"]
+
+
+def _write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write through a temporary file in the same folder, fsync'ed and renamed over `path`: a
+    reader finds the old file or the new one, never a part of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself is in the folder's metadata: make it durable too.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def clear_checkpoints(folder: Path | str) -> int:
+    """Remove the shard checkpoints (and leftover temporary files) in `folder`, and the folder
+    if that leaves it empty; returns how many files were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for f in [*folder.glob("shard-*.pt"), *folder.glob(f".shard-*.pt.*{_TMP_SUFFIX}")]:
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+            removed += 1
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return removed
