@@ -205,18 +205,16 @@ def open_client(uri: str) -> MlflowClient:
     """A client whose store is ready: a fresh sqlite file is created and migrated once, under a
     file lock, however many processes start on it at the same moment (MLflow's own schema
     set-up races and can leave the file unusable)."""
-    client = MlflowClient(tracking_uri=uri)
     db = _sqlite_path(uri)
     if db is None:
-        return client
+        return MlflowClient(tracking_uri=uri)
     try:
         lock = open(db.with_name(db.name + ".lock"), "a+")  # noqa: SIM115  (closed below)
     except OSError:  # a read-only folder: nobody can create a store there anyway
-        return client
+        return MlflowClient(tracking_uri=uri)
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        client._tracking_client.store  # noqa: B018  (creates the schema; cached per URI)
-    return client
+        return MlflowClient(tracking_uri=uri)  # makes the store (schema), cached per URI
 
 
 def git_info() -> tuple[str, bool]:

@@ -259,7 +259,7 @@ def test_four_processes_on_a_fresh_sqlite_store(tmp_path):
 def test_a_sweep_killed_in_its_third_job_continues_under_the_same_sweep_run(tmp_path):
     uri = sqlite_uri(tmp_path)
     sweep = ("-m", "experiment=quick", "optim.lr=0.01,0.02,0.03,0.04", f"tracking.uri={uri}",
-             "tracking.replica_figures=false", "trainer.epochs=20000", "data.n_train=200",
+             "tracking.replica_figures=false", "trainer.epochs=10000", "data.n_train=200",
              "trainer.eval_every=500", f"trainer.checkpoint_dir={tmp_path}/ckpt")  # fmt: skip
     app = App(tmp_path, *sweep)
     try:
