@@ -35,17 +35,17 @@ class UploadReport:
 
     job_run_id: str
     run_ids: list[str] = field(default_factory=list)  # runs this upload ended FINISHED
-    created: int = 0
-    already: int = 0  # runs found FINISHED
+    created: int = 0  # replica runs created now
+    already: int = 0  # replica runs found FINISHED
     bulk: bool = False  # the sqlite bulk path stored the metrics
     timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         if not self.run_ids:
-            return f"already complete: job run {self.job_run_id} and {self.already - 1} replicas"
+            return f"already complete: job run {self.job_run_id} and {self.already} replica runs"
         return (
             f"job run {self.job_run_id}: finished {len(self.run_ids)} run(s) "
-            f"({self.created} created now, {self.already} already complete)"
+            f"({self.created} replica runs created now, {self.already} were complete)"
         )
 
 
@@ -201,7 +201,7 @@ def _finish_job(
     values["time_total_s"] = values.get("time_total_s", 0.0) + report.timings["time_logging_s"]
     metrics += [Metric(k, float(v), ts, last) for k, v in values.items()]
     params = {k: v for k, v in flatten(cfg).items() if k != "seed"}
-    tags = {"mtl.bulk_insert": str(report.bulk).lower()} if report.run_ids else None
+    tags = {"mtl.bulk_insert": str(report.bulk)} if report.run_ids else None
     tracker.log_batch(run_id, metrics, params, tags)
     tracker.call(tracker.client.log_artifact, run_id, str(bundle.path / "config.yaml"))
     if "mtl.error" in job_run.data.tags:  # ended KILLED or FAILED while logging, now complete
@@ -222,7 +222,7 @@ def upload(bundle: Bundle, tracker: Tracker) -> UploadReport:
     by_seed = _replica_runs(bundle, tracker)
     missing = [s for s in result.seeds if s not in by_seed]
     todo = {s: r.info.run_id for s, r in by_seed.items() if r.info.status != "FINISHED"}
-    report.already = len(by_seed) - len(todo) + (job_run.info.status == "FINISHED")
+    report.already = len(by_seed) - len(todo)
     if missing:
         created = _new_replica_runs(bundle, tracker, result, missing, job_run_id)
         todo.update(zip(missing, created, strict=True))
