@@ -400,3 +400,12 @@ def test_the_analysis_ends_runs_of_dead_processes_killed(tmp_path):
     ended = client.get_run(job.info.run_id)
     assert ended.info.status == "KILLED"
     assert f"process {dead.pid} on" in ended.data.tags["mtl.error"]
+
+
+def test_a_corrupt_store_is_one_paragraph_before_training(tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(os.urandom(100_000))
+    proc = run_app(tmp_path, "experiment=quick", f"tracking.uri={sqlite_uri(tmp_path)}")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "file is not a database. Nothing was trained." in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert find_bundles([tmp_path / "hydra"]) == []  # nothing started
