@@ -34,11 +34,12 @@ from analysis.store import (
     store_error,
     store_errors,
 )
+from experiments.record_format import CURVES, FINAL, VERSION, Artifact, Kind, Tag, where
 
 __all__ = ["Study", "load_study", "parse_tags", "repo_root", "resolve_tracking_uri"]
 
-CURVE_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc")
-FINAL_METRICS = tuple(f"final_{c}" for c in CURVE_COLUMNS)
+CURVE_COLUMNS = CURVES
+FINAL_METRICS = tuple(FINAL.values())
 # The params that tell grid configurations apart (the report's grid search axes).
 GRID_AXES = ("optim.lr", "trainer.batch_size", "model.activations")
 _PAGE = 10_000
@@ -99,7 +100,7 @@ class Study:
 
         ``limit``: how many missing configurations to name per sweep (None: all)."""
         out = [
-            f"skipped {r.info.run_id} ({r.data.tags.get('mtl.kind', '?')}, {_status(r)}): "
+            f"skipped {r.info.run_id} ({r.data.tags.get(Tag.KIND, '?')}, {_status(r)}): "
             "not FINISHED"
             for r in self.skipped
         ]
@@ -116,7 +117,7 @@ class Study:
     @property
     def study_name(self) -> str:
         """The mtl.study tag shared by the selected runs ("mixed" if they differ)."""
-        names = {r.data.tags.get("mtl.study", "unknown") for r in self.top_runs}
+        names = {r.data.tags.get(Tag.STUDY, "unknown") for r in self.top_runs}
         return names.pop() if len(names) == 1 else "mixed"
 
     def config_columns(self) -> list[str]:
@@ -130,13 +131,8 @@ class Study:
         ]
 
 
-def _filter_value(value: str) -> str:
-    return value.replace("'", "\\'")
-
-
 def _tag_filter(tags: dict[str, str]) -> str:
-    # Backticks: tag keys contain dots, which the filter grammar would otherwise split on.
-    return " and ".join(f"tags.`{k}` = '{_filter_value(v)}'" for k, v in tags.items())
+    return where(**tags)
 
 
 def _search(
@@ -189,11 +185,11 @@ def _run_by_id(client: MlflowClient, run_id: str) -> Run:
             f"--run-id {run_id!r} is not a run in the store ({e.message.splitlines()[0]}). "
             "Give the id of a sweep or job run (see the MLflow UI or `mlflow runs list`)."
         ) from None
-    kind = run.data.tags.get("mtl.kind")
-    if kind not in ("sweep", "job"):
+    kind = run.data.tags.get(Tag.KIND)
+    if kind not in (Kind.SWEEP, Kind.JOB):
         hint = ""
-        if kind == "replica":
-            hint = f" Its job run is {run.data.tags.get('mtl.job_run_id', '?')}."
+        if kind == Kind.REPLICA:
+            hint = f" Its job run is {run.data.tags.get(Tag.JOB_RUN_ID, '?')}."
         raise AnalysisError(
             f"--run-id {run_id} is a run with mtl.kind={kind!r}; the analysis takes a sweep "
             f"or a job run (mtl.kind 'sweep' or 'job').{hint}"
@@ -226,22 +222,22 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
 def _top_level(client: MlflowClient, exp_ids: list[str], tags: dict[str, str]) -> list[Run]:
     """Sweep runs and stand-alone job runs matching ``tags``, newest first, any status."""
     found = []
-    for kind in ("sweep", "job"):
-        found += _search(client, exp_ids, _tag_filter({**tags, "mtl.kind": kind}))
+    for kind in (Kind.SWEEP, Kind.JOB):
+        found += _search(client, exp_ids, _tag_filter({**tags, Tag.KIND: kind}))
     # A job inside a sweep is analysed through its sweep, not on its own.
     top = [
         r
         for r in found
-        if r.data.tags.get("mtl.kind") == "sweep"
-        or not ({"mtl.sweep_run_id", "mlflow.parentRunId"} & set(r.data.tags))
+        if r.data.tags.get(Tag.KIND) == Kind.SWEEP
+        or not ({Tag.SWEEP_RUN_ID, Tag.PARENT_RUN_ID} & set(r.data.tags))
     ]
     return sorted(top, key=lambda r: r.info.start_time or 0, reverse=True)
 
 
 def _describe_run(run: Run) -> str:
     started = datetime.fromtimestamp((run.info.start_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
-    study = run.data.tags.get("mtl.study", "?")
-    return f"{run.info.run_id} ({run.data.tags.get('mtl.kind', '?')} of study {study}, " + (
+    study = run.data.tags.get(Tag.STUDY, "?")
+    return f"{run.info.run_id} ({run.data.tags.get(Tag.KIND, '?')} of study {study}, " + (
         f"{_status(run)}, started {started})"
     )
 
@@ -276,7 +272,7 @@ def select_top_runs(
         return [_run_by_id(client, run_id)], []
     tags = dict(tags or {})
     if experiment is None and not tags:
-        tags = {"mtl.study": "report"}  # the default: the latest report study
+        tags = {Tag.STUDY: "report"}  # the default: the latest report study
     exp_ids = _experiment_ids(client, experiment)
     top = _top_level(client, exp_ids, tags)
     what = ", ".join(f"{k}={v}" for k, v in tags.items()) or "no tag filter"
@@ -284,8 +280,8 @@ def select_top_runs(
     if not top:
         studies = sorted(
             {
-                r.data.tags.get("mtl.study", "?")
-                for r in _search(client, exp_ids, _tag_filter({"mtl.kind": "job"}))
+                r.data.tags.get(Tag.STUDY, "?")
+                for r in _search(client, exp_ids, _tag_filter({Tag.KIND: Kind.JOB}))
             }
         )
         raise AnalysisError(
@@ -318,17 +314,17 @@ def _coerce(value: str) -> object:
 
 def _run_row(run: Run) -> dict[str, object]:
     t, m = run.data.tags, run.data.metrics
-    diverged_tag = t.get("mtl.diverged")
+    diverged_tag = t.get(Tag.DIVERGED)
     diverged = diverged_tag == "true" if diverged_tag is not None else m.get("diverged", 0.0) > 0
     row: dict[str, object] = {
         "run_id": run.info.run_id,
         "experiment_id": run.info.experiment_id,
-        "job_run_id": t.get("mtl.job_run_id", t.get("mlflow.parentRunId", "")),
-        "sweep_run_id": t.get("mtl.sweep_run_id", ""),
-        "config_hash": t.get("mtl.config_hash", ""),
+        "job_run_id": t.get(Tag.JOB_RUN_ID, t.get(Tag.PARENT_RUN_ID, "")),
+        "sweep_run_id": t.get(Tag.SWEEP_RUN_ID, ""),
+        "config_hash": t.get(Tag.CONFIG_HASH, ""),
         "status": run.info.status,
-        "error": t.get("mtl.error", ""),
-        "seed": _coerce(t["mtl.seed"]) if "mtl.seed" in t else None,
+        "error": t.get(Tag.ERROR, ""),
+        "seed": _coerce(t[Tag.SEED]) if Tag.SEED in t else None,
         "diverged": bool(diverged),
         "diverged_epoch": m.get("diverged_epoch", math.nan),
         "start_time": run.info.start_time,
@@ -346,14 +342,14 @@ def _job_row(run: Run) -> dict[str, object]:
     t, m = run.data.tags, run.data.metrics
     row: dict[str, object] = {
         "run_id": run.info.run_id,
-        "sweep_run_id": t.get("mtl.sweep_run_id", t.get("mlflow.parentRunId", "")),
-        "config_hash": t.get("mtl.config_hash", ""),
+        "sweep_run_id": t.get(Tag.SWEEP_RUN_ID, t.get(Tag.PARENT_RUN_ID, "")),
+        "config_hash": t.get(Tag.CONFIG_HASH, ""),
         "status": run.info.status,
-        "error": t.get("mtl.error", ""),
-        "overrides": t.get("mtl.overrides", ""),
-        "command": t.get("mtl.command", ""),
-        "git_commit": t.get("mtl.git_commit", ""),
-        "git_dirty": t.get("mtl.git_dirty", ""),
+        "error": t.get(Tag.ERROR, ""),
+        "overrides": t.get(Tag.OVERRIDES, ""),
+        "command": t.get(Tag.COMMAND, ""),
+        "git_commit": t.get(Tag.GIT_COMMIT, ""),
+        "git_dirty": t.get(Tag.GIT_DIRTY, ""),
         "n_replicas": m.get("n_replicas", math.nan),
         "n_diverged": m.get("n_diverged", math.nan),
     }
@@ -365,10 +361,22 @@ def _job_row(run: Run) -> dict[str, object]:
 def _children(client: MlflowClient, exp: list[str], parent: str, link: str, kind: str) -> list[Run]:
     """Runs of ``kind`` under ``parent``: by our link tag, or by MLflow's own parent tag."""
     found = {}
-    for key in (link, "mlflow.parentRunId"):
-        for run in _search(client, exp, _tag_filter({key: parent, "mtl.kind": kind})):
+    for key in (link, Tag.PARENT_RUN_ID):
+        for run in _search(client, exp, _tag_filter({key: parent, Tag.KIND: kind})):
             found[run.info.run_id] = run
     return list(found.values())
+
+
+def check_format(runs: Sequence[Run]) -> None:
+    """Refuse runs written in a newer record format than this code reads (mtl.format)."""
+    newer = [r for r in runs if int(r.data.tags.get(Tag.FORMAT, "0") or 0) > int(VERSION)]
+    if newer:
+        found = newer[0].data.tags[Tag.FORMAT]
+        raise AnalysisError(
+            f"{len(newer)} run(s), e.g. {newer[0].info.run_id}, were written in record format "
+            f"{found} (tag {Tag.FORMAT}); this analysis reads formats up to {VERSION}. Update "
+            "minitorch-lab (pip install -e . in a newer checkout) to analyse them."
+        )
 
 
 def collect_runs(
@@ -379,13 +387,14 @@ def collect_runs(
     jobs: list[Run] = []
     for top in top_runs:
         exp = [top.info.experiment_id]
-        if top.data.tags.get("mtl.kind") == "sweep":
-            jobs += _children(client, exp, top.info.run_id, "mtl.sweep_run_id", "job")
+        if top.data.tags.get(Tag.KIND) == Kind.SWEEP:
+            jobs += _children(client, exp, top.info.run_id, Tag.SWEEP_RUN_ID, Kind.JOB)
         else:
             jobs.append(top)
     for job in jobs:
         exp = [job.info.experiment_id]
-        replicas += _children(client, exp, job.info.run_id, "mtl.job_run_id", "replica")
+        replicas += _children(client, exp, job.info.run_id, Tag.JOB_RUN_ID, Kind.REPLICA)
+    check_format([*top_runs, *jobs, *replicas])
     runs = pd.DataFrame([_run_row(r) for r in replicas])
     if runs.empty:
         runs = pd.DataFrame(
@@ -400,7 +409,7 @@ def collect_runs(
 def _curves_from_artifact(
     client: MlflowClient, run_id: str, artifact_uri: str, tmp: str
 ) -> pd.DataFrame | None:
-    local = local_artifact(artifact_uri, "curves.csv")
+    local = local_artifact(artifact_uri, Artifact.CURVES_CSV)
     if local is not None:
         # Read in place: download_artifacts would copy the file and ask the store for the run.
         if not local.is_file():
@@ -409,7 +418,7 @@ def _curves_from_artifact(
     else:
         try:
             path = client.download_artifacts(
-                run_id, "curves.csv", dst_path=os.path.join(tmp, run_id)
+                run_id, Artifact.CURVES_CSV, dst_path=os.path.join(tmp, run_id)
             )
         except (MlflowException, OSError):
             return None
@@ -579,6 +588,6 @@ def _read_study(
     sweeps = [
         check_sweep(client, t, jobs[jobs["sweep_run_id"] == t.info.run_id] if len(jobs) else jobs)
         for t in top
-        if t.data.tags.get("mtl.kind") == "sweep"
+        if t.data.tags.get(Tag.KIND) == Kind.SWEEP
     ]
     return Study(uri, list(top), runs, jobs, duplicates=duplicates, skipped=skipped, sweeps=sweeps)

@@ -19,8 +19,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from analysis.store import local_artifact
+from experiments.record_format import Artifact, Tag
 
-SWEEP_JOBS = "sweep_jobs.json"
+SWEEP_JOBS = Artifact.SWEEP_JOBS
 SWEEP_JOBS_FORMAT = 1
 
 
@@ -124,7 +125,7 @@ def read_sweep_jobs(client: MlflowClient, run: Run) -> tuple[list[dict] | None, 
 
 def _planned(run: Run, listed: list[dict] | None) -> int | None:
     try:
-        return int(run.data.tags.get("mtl.n_jobs", ""))
+        return int(run.data.tags.get(Tag.N_JOBS, ""))
     except ValueError:
         return len(listed) if listed is not None else None
 

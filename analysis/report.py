@@ -30,6 +30,7 @@ from analysis.bootstrap import (
 from analysis.collect import Study
 from analysis.errors import AnalysisError
 from analysis.store import repo_root, store_error, store_errors
+from experiments.record_format import VERSION, Kind, Tag
 
 # The report's headline numbers (000_1aa516094fd27dfb.txt, section III.C), in percent.
 REPORT = {
@@ -326,24 +327,24 @@ def _provenance(study: Study) -> dict[str, object]:
         "tracking_uri": study.tracking_uri,
         "experiments": sorted({r.info.experiment_id for r in top}),
         "top_run_ids": [r.info.run_id for r in top],
-        "top_run_kinds": [r.data.tags.get("mtl.kind", "") for r in top],
+        "top_run_kinds": [r.data.tags.get(Tag.KIND, "") for r in top],
         "top_run_statuses": [r.info.status for r in top],
         "skipped": [
             {
                 "run_id": r.info.run_id,
-                "kind": r.data.tags.get("mtl.kind", ""),
+                "kind": r.data.tags.get(Tag.KIND, ""),
                 "status": r.info.status,
             }
             for r in study.skipped
         ],
-        "commands": sorted({r.data.tags.get("mtl.command", "") for r in top} - {""}),
+        "commands": sorted({r.data.tags.get(Tag.COMMAND, "") for r in top} - {""}),
         "git_commits": sorted(
-            {r.data.tags.get("mtl.git_commit", "") for r in top}
+            {r.data.tags.get(Tag.GIT_COMMIT, "") for r in top}
             | (set(jobs["git_commit"]) if len(jobs) else set())
         )
         or ["unknown"],
         "git_dirty": sorted(
-            ({r.data.tags.get("mtl.git_dirty", "") for r in top} | set(jobs.get("git_dirty", [])))
+            ({r.data.tags.get(Tag.GIT_DIRTY, "") for r in top} | set(jobs.get("git_dirty", [])))
             - {""}
         ),
         "job_overrides": sorted(set(jobs["overrides"])) if len(jobs) else [],
@@ -355,13 +356,14 @@ def _log_to_mlflow(study: Study, out_dir: Path, summary: dict, opts: Options, na
     client = MlflowClient(tracking_uri=study.tracking_uri)
     top = study.top_runs
     tags = {
-        "mtl.kind": "analysis",
-        "mtl.study": study.study_name,
-        "mtl.git_commit": summary["analysis"]["git_commit"],
-        "mtl.command": opts.command,
+        Tag.FORMAT: VERSION,
+        Tag.KIND: Kind.ANALYSIS,
+        Tag.STUDY: study.study_name,
+        Tag.GIT_COMMIT: summary["analysis"]["git_commit"],
+        Tag.COMMAND: opts.command,
         # Own keys, not mtl.sweep_run_id / mtl.job_run_id: those mark a run as part of the study.
-        "mtl.analysed_run_ids": ",".join(r.info.run_id for r in top),
-        "mtl.analysed_job_run_ids": ",".join(study.jobs["run_id"]) if len(study.jobs) else "",
+        Tag.ANALYSED_RUN_IDS: ",".join(r.info.run_id for r in top),
+        Tag.ANALYSED_JOB_RUN_IDS: ",".join(study.jobs["run_id"]) if len(study.jobs) else "",
         "mlflow.note.content": f"Analysis of {study.study_name}: see report.md",
     }
     run = client.create_run(top[0].info.experiment_id, tags=tags, run_name=f"analysis-{name}")
@@ -416,7 +418,7 @@ def _out_dir(study: Study, opts: Options) -> tuple[str, Path]:
 
 def _no_replicas(study: Study, counts: dict[str, int]) -> AnalysisError:
     runs = ", ".join(
-        f"{r.info.run_id} ({r.data.tags.get('mtl.kind', '?')}, {r.info.status})"
+        f"{r.info.run_id} ({r.data.tags.get(Tag.KIND, '?')}, {r.info.status})"
         for r in study.top_runs
     )
     return AnalysisError(

@@ -39,7 +39,7 @@ FORMAT = "minitorch-lab-bundle"
 VERSION = 1
 FOLDER = "bundle"
 MANIFEST = "bundle.json"
-CURVES = ("train_loss", "test_loss", "train_acc", "test_acc")
+CURVES = ("train_loss", "test_loss", "train_acc", "test_acc")  # the arrays of result.npz
 STATES = ("training", "trained", "uploaded")
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.record_format import Artifact, Kind, Tag, where
+
 log = logging.getLogger(__name__)
 
 SWEEP_ENV = "MTL_SWEEP_RUN_ID"
@@ -50,7 +52,7 @@ def end_active_sweep(status: str, error: str | None = None) -> None:
         return
     try:
         if error:
-            tracker.call(tracker.client.set_tag, run_id, "mtl.error", error[:5000])
+            tracker.call(tracker.client.set_tag, run_id, Tag.ERROR, error[:5000])
         _log_summary(tracker, run_id)
         tracker.end_run(run_id, status)
     except Exception as exc:
@@ -135,13 +137,13 @@ def _log_summary(tracker: Any, run_id: str) -> None:
     jobs = tracker.call(
         tracker.client.search_runs,
         [tracker.experiment_id],
-        filter_string=f"tags.`mtl.sweep_run_id` = '{run_id}' and tags.`mtl.kind` = 'job'",
+        filter_string=where(**{Tag.SWEEP_RUN_ID: run_id, Tag.KIND: Kind.JOB}),
         max_results=10000,
     )
     done = [j for j in jobs if j.info.status == "FINISHED"]
     # A job re-run under a resumed sweep (killed, then finished) is one job.
-    n_jobs = len({j.data.tags.get("mtl.config_hash", j.info.run_id) for j in jobs})
-    n_done = len({j.data.tags.get("mtl.config_hash", j.info.run_id) for j in done})
+    n_jobs = len({j.data.tags.get(Tag.CONFIG_HASH, j.info.run_id) for j in jobs})
+    n_done = len({j.data.tags.get(Tag.CONFIG_HASH, j.info.run_id) for j in done})
     scored = [
         j
         for j in done
@@ -157,8 +159,8 @@ def _log_summary(tracker: Any, run_id: str) -> None:
         best = max(scored, key=lambda j: j.data.metrics["test_acc_mean"])
         metrics.append(Metric("best_test_acc_mean", best.data.metrics["test_acc_mean"], ts, 0))
         tags = {
-            "mtl.best_job_run_id": best.info.run_id,
-            "mtl.best_job_overrides": best.data.tags.get("mtl.overrides", ""),
+            Tag.BEST_JOB_RUN_ID: best.info.run_id,
+            Tag.BEST_JOB_OVERRIDES: best.data.tags.get(Tag.OVERRIDES, ""),
         }
     tracker.log_batch(run_id, metrics, tags=tags)
 
@@ -176,22 +178,22 @@ def _sweep_tags(config: DictConfig, sweep_dir: Path) -> dict[str, str]:
     command = command_line(overrides, multirun=True)
     key_text = json.dumps([study, sorted(overrides), _task(config).tracking.experiment])
     return {
-        "mtl.kind": "sweep",
-        "mtl.study": study,
-        "mtl.git_commit": sha,
-        "mtl.git_dirty": str(dirty).lower(),
-        "mlflow.source.git.commit": sha,
-        "mtl.command": command,
-        "mtl.overrides": " ".join(overrides),
-        "mtl.sweep_dir": str(sweep_dir),
-        "mtl.sweep_key": hashlib.sha256(key_text.encode()).hexdigest()[:16],
-        "mtl.launcher": str(choices.get("hydra/launcher", "")),
+        Tag.KIND: Kind.SWEEP,
+        Tag.STUDY: study,
+        Tag.GIT_COMMIT: sha,
+        Tag.GIT_DIRTY: str(dirty).lower(),
+        Tag.GIT_SOURCE_COMMIT: sha,
+        Tag.COMMAND: command,
+        Tag.OVERRIDES: " ".join(overrides),
+        Tag.SWEEP_DIR: str(sweep_dir),
+        Tag.SWEEP_KEY: hashlib.sha256(key_text.encode()).hexdigest()[:16],
+        Tag.LAUNCHER: str(choices.get("hydra/launcher", "")),
     }
 
 
 def _earlier_sweep(tracker: Any, key: str) -> Any:
     """The latest sweep run of the same command that is not running now, if any."""
-    flt = f"tags.`mtl.kind` = 'sweep' and tags.`mtl.sweep_key` = '{key}'"
+    flt = where(**{Tag.KIND: Kind.SWEEP, Tag.SWEEP_KEY: key})
     for run in tracker.find_runs(flt, max_results=10):
         if run.info.status != "RUNNING":
             return run
@@ -228,13 +230,13 @@ class MlflowSweepCallback(Callback):
         reap(tracker, say=log.info)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         tags = _sweep_tags(config, sweep_dir)
-        earlier = None if task.tracking.rerun else _earlier_sweep(tracker, tags["mtl.sweep_key"])
+        earlier = None if task.tracking.rerun else _earlier_sweep(tracker, tags[Tag.SWEEP_KEY])
         if earlier is not None:
             run_id = earlier.info.run_id
             tracker.reopen(run_id, heartbeat=True)
-            resumed = int(earlier.data.tags.get("mtl.resumed", "0")) + 1
+            resumed = int(earlier.data.tags.get(Tag.RESUMED, "0")) + 1
             tracker.log_batch(
-                run_id, tags={"mtl.resumed": str(resumed), "mtl.sweep_dir": str(sweep_dir)}
+                run_id, tags={Tag.RESUMED: str(resumed), Tag.SWEEP_DIR: str(sweep_dir)}
             )
             log.info("resuming sweep run %s: jobs already FINISHED are not trained again", run_id)
         else:
@@ -257,16 +259,16 @@ class MlflowSweepCallback(Callback):
         """A new sweep run: its axes as params, its planned jobs as sweep_jobs.json."""
         from experiments.config import flatten
 
-        name = f"sweep {tags['mtl.study']} {Path(tags['mtl.sweep_dir']).name}"
+        name = f"sweep {tags[Tag.STUDY]} {Path(tags[Tag.SWEEP_DIR]).name}"
         run_id = tracker.start_run(name, tags, heartbeat=True)
         swept = _swept_axes(config)
         params = {f"sweep.{k}": v for k, v in swept.items()}
         params.update({k: v for k, v in flatten(task).items() if k != "seed" and k not in swept})
         n_jobs = str(len(planned)) if planned is not None else ""
-        tracker.log_batch(run_id, params=params, tags={"mtl.n_jobs": n_jobs})
+        tracker.log_batch(run_id, params=params, tags={Tag.N_JOBS: n_jobs})
         if planned is not None:
             text = json.dumps({"format": 1, "jobs": planned}, indent=1)
-            tracker.call(tracker.client.log_text, run_id, text, "sweep_jobs.json")
+            tracker.call(tracker.client.log_text, run_id, text, Artifact.SWEEP_JOBS)
         return run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments.record_format import Tag
+
 log = logging.getLogger(__name__)
 
 STALE_S = 600.0  # a heartbeat older than this (10 beats missed) means the process is gone
@@ -45,26 +47,26 @@ def process_tags(pid: int | None = None) -> dict[str, str]:
     """The tags that identify this process (or `pid`) to a later reader."""
     pid = os.getpid() if pid is None else pid
     return {
-        "mtl.host": socket.gethostname(),
-        "mtl.pid": str(pid),
-        "mtl.pid_start": _pid_start(pid),
-        "mtl.boot_id": _boot_id(),
+        Tag.HOST: socket.gethostname(),
+        Tag.PID: str(pid),
+        Tag.PID_START: _pid_start(pid),
+        Tag.BOOT_ID: _boot_id(),
     }
 
 
 def process_gone(tags: Mapping[str, str], start_time_ms: int | None, now_ms: int) -> str | None:
     """Why the process that owns a run with these tags is gone, or None if it may be alive."""
-    host, pid = tags.get("mtl.host"), tags.get("mtl.pid", "")
+    host, pid = tags.get(Tag.HOST), tags.get(Tag.PID, "")
     if not host or not pid.isdigit():
         return None  # not a run of this harness's (or of an older version): leave it
     if host == socket.gethostname() and Path("/proc").is_dir():
-        if tags.get("mtl.boot_id") and tags["mtl.boot_id"] != _boot_id():
+        if tags.get(Tag.BOOT_ID) and tags[Tag.BOOT_ID] != _boot_id():
             return f"host {host} has rebooted since process {pid} started"
         started = _pid_start(int(pid))
-        if not started or (tags.get("mtl.pid_start") and started != tags["mtl.pid_start"]):
+        if not started or (tags.get(Tag.PID_START) and started != tags[Tag.PID_START]):
             return f"process {pid} on {host} no longer exists"
         return None
-    beat = tags.get("mtl.heartbeat")
+    beat = tags.get(Tag.HEARTBEAT)
     last = int(beat) if beat and beat.isdigit() else start_time_ms
     if last is not None and now_ms - last > STALE_S * 1000:
         return f"no heartbeat from process {pid} on {host} for {(now_ms - last) / 60000:.0f} min"
@@ -87,8 +89,8 @@ def reap(tracker: Any, say=log.info) -> list[tuple[str, str]]:
     for run_id, (run, why) in gone.items():
         if run_id in {r for r, _ in done}:
             continue
-        kind = run.data.tags.get("mtl.kind", "run")
-        tracker.log_batch(run_id, tags={"mtl.error": f"{why} (found by the reaper)"})
+        kind = run.data.tags.get(Tag.KIND, "run")
+        tracker.log_batch(run_id, tags={Tag.ERROR: f"{why} (found by the reaper)"})
         tracker.call(tracker.client.set_terminated, run_id, "KILLED")
         say(f"ended {kind} run {run_id} KILLED: {why}")
         done.append((run_id, "KILLED"))
@@ -101,7 +103,7 @@ def _finish_from_bundles(tracker: Any, gone: dict, say) -> list[tuple[str, str]]
     from experiments.upload import upload
 
     done = []
-    paths = {run.data.tags.get("mtl.bundle") for run, _ in gone.values()} - {None, ""}
+    paths = {run.data.tags.get(Tag.BUNDLE) for run, _ in gone.values()} - {None, ""}
     for path in sorted(paths):
         try:
             bundle = Bundle.open(Path(path))

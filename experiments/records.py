@@ -22,9 +22,8 @@ from mlflow.entities import Metric
 
 from experiments.plots import ReplicaFigures
 from experiments.processes import init_worker
+from experiments.record_format import CURVES, Artifact
 from experiments.training import TrainResult
-
-CURVES = ("train_loss", "test_loss", "train_acc", "test_acc")
 
 
 def curves_of(result: TrainResult) -> dict[str, np.ndarray]:
@@ -132,10 +131,10 @@ def write_replica_folders(
     for r, seed in enumerate(seeds):
         sub = tmp / str(seed)
         sub.mkdir(parents=True)
-        (sub / "config.yaml").write_text(replica_yaml(seed))
-        (sub / "curves.csv").write_text(curves_csv(curves, r))
+        (sub / Artifact.CONFIG).write_text(replica_yaml(seed))
+        (sub / Artifact.CURVES_CSV).write_text(curves_csv(curves, r))
         if weights:
-            torch.save({k: v[r].clone() for k, v in result.state.items()}, sub / "weights.pt")
+            torch.save({k: v[r].clone() for k, v in result.state.items()}, sub / Artifact.WEIGHTS)
         if plots is not None:
             tf = time.perf_counter()
             label = f"seed {seed}"

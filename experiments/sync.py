@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.errors import StoreUnavailable
+from experiments.record_format import Tag
 
 EXIT_USAGE, EXIT_STORE = 2, 3
 
@@ -46,7 +47,7 @@ def _sync_one(path: Path, uri: str | None, retry_s: float, trackers: dict) -> st
     if bundle.state == "training":
         alive = process_gone(m["process"], None, 0) is None
         what = "still training" if alive else "not trained to the end"
-        return f"{what}: {bundle.path} (re-run `{m['tags'].get('mtl.command', '?')}` to resume)"
+        return f"{what}: {bundle.path} (re-run `{m['tags'].get(Tag.COMMAND, '?')}` to resume)"
     target = uri or m["tracking_uri"]
     key = (target, m["experiment"])
     if key not in trackers:

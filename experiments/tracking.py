@@ -40,6 +40,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments.config import ConfigError, repo_root
 from experiments.errors import StoreUnavailable
+from experiments.record_format import VERSION, Tag
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ class Tracker:
 
     def reopen(self, run_id: str, heartbeat: bool = False) -> None:
         """Set an ended run RUNNING again, owned by this process (a resumed sweep)."""
-        tags = {**self.process_tags, "mtl.error": ""}
+        tags = {**self.process_tags, Tag.ERROR: ""}
         self.log_batch(run_id, tags=tags)
         self.call(self.client.update_run, run_id, status="RUNNING")
         self._opened(run_id, self.call(self.client.get_run, run_id).info.artifact_uri, heartbeat)
@@ -367,7 +368,7 @@ class Tracker:
         while not self._stop_beat.wait(HEARTBEAT_S):
             for run_id in list(self._beating):
                 with contextlib.suppress(Exception):  # a missed beat is not an error
-                    self.client.set_tag(run_id, "mtl.heartbeat", str(now_ms()))
+                    self.client.set_tag(run_id, Tag.HEARTBEAT, str(now_ms()))
 
     def start_runs(
         self,
@@ -401,7 +402,7 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:
-            self.call(self.client.set_tag, run_id, "mtl.error", error[:5000])
+            self.call(self.client.set_tag, run_id, Tag.ERROR, error[:5000])
         self.call(self.client.set_terminated, run_id, status)
         self._closed([run_id])
 
@@ -470,12 +471,12 @@ class Tracker:
 
 def _run_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str, str]:
     """A run's tags as the harness writes them: the caller's, plus MLflow's system tags."""
-    tags = dict(tags)
+    tags = {Tag.FORMAT: VERSION, **tags}
     tags.setdefault("mlflow.user", _user())
     tags.setdefault("mlflow.source.name", "experiments.train")
     tags.setdefault("mlflow.source.type", "LOCAL")
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[Tag.PARENT_RUN_ID] = parent_run_id
     return {k: str(v)[:8000] for k, v in tags.items()}
 
 
@@ -556,7 +557,7 @@ def _sqlite_create_runs(
                 source_version="",
                 lifecycle_stage=LifecycleStage.ACTIVE,
             )
-            all_tags = {**tags, "mlflow.runName": tags.get("mlflow.runName", name)}
+            all_tags = {**tags, Tag.RUN_NAME: tags.get(Tag.RUN_NAME, name)}
             row.tags = [SqlTag(key=k, value=v) for k, v in all_tags.items()]
             rows.append(row)
             created.append((run_id, uri))

@@ -38,6 +38,7 @@ from experiments.config import (  # noqa: E402
     validate,
 )
 from experiments.errors import StoreUnavailable  # noqa: E402
+from experiments.record_format import Kind, Tag, where  # noqa: E402
 
 # torch, MLflow and the training loop are imported in `run`, after the config is checked:
 # a refused config then costs a fraction of a second instead of seconds of imports.
@@ -169,10 +170,9 @@ def _seeds_tag(seeds: list[int]) -> str:
 
 def _finished_before(job: Job) -> tuple[str, float] | None:
     """(run id, test_acc_mean) of a FINISHED job with this config and seeds, if there is one."""
-    flt = (
-        f"tags.`mtl.kind` = 'job' and tags.`mtl.config_hash` = '{job.config_hash}' and "
-        f"tags.`mtl.seeds` = '{_seeds_tag(job.seeds)}' and attributes.status = 'FINISHED'"
-    )
+    seeds = _seeds_tag(job.seeds)
+    flt = where(**{Tag.KIND: Kind.JOB, Tag.CONFIG_HASH: job.config_hash, Tag.SEEDS: seeds},
+                status="FINISHED")  # fmt: skip
     for run in job.tracker.find_runs(flt, max_results=20):
         if int(run.data.metrics.get("n_replicas", -1)) == len(job.seeds):
             return run.info.run_id, float(run.data.metrics.get("test_acc_mean", math.nan))
@@ -187,20 +187,20 @@ def _job_tags(job: Job) -> dict[str, str]:
 
     sha, dirty = git_info()
     tags = {
-        "mtl.study": job.ctx.study,
-        "mtl.git_commit": sha,
-        "mtl.git_dirty": str(dirty).lower(),
-        "mlflow.source.git.commit": sha,
-        "mtl.command": command_line(job.ctx.overrides),
-        "mtl.overrides": " ".join(job.ctx.overrides),
-        "mtl.config_hash": job.config_hash,
-        "mtl.torch_threads": str(torch.get_num_threads()),
-        "mtl.seeds": _seeds_tag(job.seeds),
+        Tag.STUDY: job.ctx.study,
+        Tag.GIT_COMMIT: sha,
+        Tag.GIT_DIRTY: str(dirty).lower(),
+        Tag.GIT_SOURCE_COMMIT: sha,
+        Tag.COMMAND: command_line(job.ctx.overrides),
+        Tag.OVERRIDES: " ".join(job.ctx.overrides),
+        Tag.CONFIG_HASH: job.config_hash,
+        Tag.TORCH_THREADS: str(torch.get_num_threads()),
+        Tag.SEEDS: _seeds_tag(job.seeds),
     }
     if job.ctx.sweep_run_id:
-        tags["mtl.sweep_run_id"] = job.ctx.sweep_run_id
+        tags[Tag.SWEEP_RUN_ID] = job.ctx.sweep_run_id
     if job.ctx.job_num is not None:
-        tags["mtl.job_num"] = str(job.ctx.job_num)
+        tags[Tag.JOB_NUM] = str(job.ctx.job_num)
     return tags
 
 
@@ -232,7 +232,7 @@ def _start(job: Job) -> Any:
     )
     run_id = job.tracker.start_run(
         job.name,
-        {**tags, **job_run_tags(bundle), "mtl.kind": "job"},
+        {**tags, **job_run_tags(bundle), Tag.KIND: Kind.JOB},
         parent_run_id=job.ctx.sweep_run_id,
         start_time=bundle.manifest["start_ms"],
         heartbeat=True,

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from experiments.bundle import Bundle
 from experiments.config import flatten
+from experiments.record_format import Kind, Tag, where
 from experiments.records import (
     Forked,
     curves_of,
@@ -50,8 +51,7 @@ class UploadReport:
 
 
 def _find(tracker: Tracker, bundle: Bundle, kind: str) -> list[Any]:
-    flt = f"tags.`mtl.bundle_id` = '{bundle.id}' and tags.`mtl.kind` = '{kind}'"
-    return tracker.find_runs(flt)
+    return tracker.find_runs(where(**{Tag.BUNDLE_ID: bundle.id, Tag.KIND: kind}))
 
 
 def _exists(tracker: Tracker, run_id: str | None) -> Any:
@@ -69,7 +69,7 @@ def _exists(tracker: Tracker, run_id: str | None) -> Any:
 
 def job_run_tags(bundle: Bundle) -> dict[str, str]:
     """Tags every run of the bundle carries besides the job's own: where the bundle is."""
-    return {"mtl.bundle_id": bundle.id, "mtl.bundle": str(bundle.path)}
+    return {Tag.BUNDLE_ID: bundle.id, Tag.BUNDLE: str(bundle.path)}
 
 
 def ensure_job_run(bundle: Bundle, tracker: Tracker) -> Any:
@@ -77,12 +77,12 @@ def ensure_job_run(bundle: Bundle, tracker: Tracker) -> Any:
     m = bundle.manifest
     run = _exists(tracker, m.get("job_run_id"))
     if run is None:
-        found = _find(tracker, bundle, "job")
+        found = _find(tracker, bundle, Kind.JOB)
         run = found[0] if found else None
     if run is None:
         parent = m.get("sweep_run_id")
         parent = parent if _exists(tracker, parent) is not None else None
-        tags = {**m["tags"], **job_run_tags(bundle), "mtl.kind": "job"}
+        tags = {**m["tags"], **job_run_tags(bundle), Tag.KIND: Kind.JOB}
         run_id = tracker.start_run(m["name"], tags, parent_run_id=parent, start_time=m["start_ms"])
         run = tracker.call(tracker.client.get_run, run_id)
     if m.get("job_run_id") != run.info.run_id:
@@ -93,8 +93,8 @@ def ensure_job_run(bundle: Bundle, tracker: Tracker) -> Any:
 def _replica_runs(bundle: Bundle, tracker: Tracker) -> dict[int, Any]:
     """seed -> run for every seed: the existing runs (by bundle tag), then new ones."""
     by_seed: dict[int, Any] = {}
-    for run in _find(tracker, bundle, "replica"):
-        seed = int(run.data.tags.get("mtl.seed", -1))
+    for run in _find(tracker, bundle, Kind.REPLICA):
+        seed = int(run.data.tags.get(Tag.SEED, -1))
         old = by_seed.get(seed)
         if old is None or (old.info.status != "FINISHED" and run.info.status == "FINISHED"):
             if old is not None:
@@ -112,8 +112,8 @@ def _new_replica_runs(
     tags = {
         **m["tags"],
         **job_run_tags(bundle),
-        "mtl.kind": "replica",
-        "mtl.job_run_id": job_run_id,
+        Tag.KIND: Kind.REPLICA,
+        Tag.JOB_RUN_ID: job_run_id,
     }
     index = {s: r for r, s in enumerate(result.seeds)}
     runs = [
@@ -121,8 +121,8 @@ def _new_replica_runs(
             f"seed {seed}",
             {
                 **tags,
-                "mtl.seed": str(seed),
-                "mtl.diverged": "true" if bool(result.diverged[index[seed]]) else "false",
+                Tag.SEED: str(seed),
+                Tag.DIVERGED: "true" if bool(result.diverged[index[seed]]) else "false",
             },
         )
         for seed in seeds
@@ -201,11 +201,11 @@ def _finish_job(
     values["time_total_s"] = values.get("time_total_s", 0.0) + report.timings["time_logging_s"]
     metrics += [Metric(k, float(v), ts, last) for k, v in values.items()]
     params = {k: v for k, v in flatten(cfg).items() if k != "seed"}
-    tags = {"mtl.bulk_insert": str(report.bulk)} if report.run_ids else None
+    tags = {Tag.BULK_INSERT: str(report.bulk)} if report.run_ids else None
     tracker.log_batch(run_id, metrics, params, tags)
     tracker.call(tracker.client.log_artifact, run_id, str(bundle.path / "config.yaml"))
-    if "mtl.error" in job_run.data.tags:  # ended KILLED or FAILED while logging, now complete
-        tracker.call(tracker.client.delete_tag, run_id, "mtl.error")
+    if Tag.ERROR in job_run.data.tags:  # ended KILLED or FAILED while logging, now complete
+        tracker.call(tracker.client.delete_tag, run_id, Tag.ERROR)
     tracker.end_run(run_id, "FINISHED")
 
 

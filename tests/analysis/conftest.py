@@ -15,6 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from experiments.record_format import FINAL, VERSION, Artifact, Kind, Tag
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -109,7 +111,12 @@ class StoreBuilder:
         self.curves_csv = curves_csv
         sweep = len(configs) > 1 or sweep_run_id is not None if sweep is None else sweep
         command = f"python -m experiments.train {'-m ' if sweep else ''}experiment={study}"
-        base_tags = {"mtl.study": study, "mtl.git_commit": COMMIT, "mtl.command": command}
+        base_tags = {
+            Tag.FORMAT: VERSION,
+            Tag.STUDY: study,
+            Tag.GIT_COMMIT: COMMIT,
+            Tag.COMMAND: command,
+        }
         rng = np.random.default_rng(len(configs) * 1000 + seeds)
         if accuracies is None:
             accuracies = [
@@ -127,11 +134,11 @@ class StoreBuilder:
             if c in not_run:
                 continue
             overrides = f"experiment={study} optim.lr={lr} trainer.batch_size={bs}"
-            tags = {**base_tags, "mtl.config_hash": hashes[c], "mtl.overrides": overrides}
+            tags = {**base_tags, Tag.CONFIG_HASH: hashes[c], Tag.OVERRIDES: overrides}
             if sweep_id:
-                tags["mtl.sweep_run_id"] = sweep_id
+                tags[Tag.SWEEP_RUN_ID] = sweep_id
             job = self.client.create_run(
-                exp_id, start_time=_ms(next(self._clock)), tags={**tags, "mtl.kind": "job"}
+                exp_id, start_time=_ms(next(self._clock)), tags={**tags, Tag.KIND: Kind.JOB}
             )
             jid = job.info.run_id
             logged.job_run_ids.append(jid)
@@ -139,7 +146,7 @@ class StoreBuilder:
             params = [Param(k, str(v)) for k, v in {**cfgs[c], "replicas": seeds}.items()]
             self.client.log_batch(jid, params=params)
             if c in failed_jobs:
-                self.client.set_tag(jid, "mtl.error", "ValueError: lr must be positive")
+                self.client.set_tag(jid, Tag.ERROR, "ValueError: lr must be positive")
                 self.client.set_terminated(jid, "FAILED")
                 continue
             end = status.get(c, "FINISHED")
@@ -167,8 +174,8 @@ class StoreBuilder:
         jobs_file: bool,
     ) -> str:
         """A sweep run planning one job per config: tag mtl.n_jobs and sweep_jobs.json."""
-        tags = {**base_tags, "mtl.kind": "sweep", "mtl.overrides": f"experiment={study}"}
-        tags["mtl.n_jobs"] = str(len(configs))
+        tags = {**base_tags, Tag.KIND: Kind.SWEEP, Tag.OVERRIDES: f"experiment={study}"}
+        tags[Tag.N_JOBS] = str(len(configs))
         run = self.client.create_run(exp_id, start_time=_ms(next(self._clock)), tags=tags)
         if jobs_file:
             jobs = [
@@ -195,10 +202,10 @@ class StoreBuilder:
         """One replica run with curves, final metrics and params (not ended)."""
         rtags = {
             **tags,
-            "mtl.kind": "replica",
-            "mtl.job_run_id": jid,
-            "mtl.seed": str(seed),
-            "mtl.diverged": "true" if is_div else "false",
+            Tag.KIND: Kind.REPLICA,
+            Tag.JOB_RUN_ID: jid,
+            Tag.SEED: str(seed),
+            Tag.DIVERGED: "true" if is_div else "false",
         }
         rep = self.client.create_run(exp_id, start_time=_ms(next(self._clock)), tags=rtags)
         rid = rep.info.run_id
@@ -211,7 +218,7 @@ class StoreBuilder:
             for k in ("train_loss", "test_loss", "train_acc", "test_acc")
         ]
         metrics += [
-            Metric(f"final_{k}", float(final[k]), ts, 0)
+            Metric(FINAL[k], float(final[k]), ts, 0)
             for k in ("train_loss", "test_loss", "train_acc", "test_acc")
         ]
         metrics += [
@@ -224,8 +231,8 @@ class StoreBuilder:
         if self.curves_csv:
             d = self.root / "curves" / rid
             d.mkdir(parents=True)
-            curve.to_csv(d / "curves.csv", index=False)
-            self.client.log_artifact(rid, str(d / "curves.csv"))
+            curve.to_csv(d / Artifact.CURVES_CSV, index=False)
+            self.client.log_artifact(rid, str(d / Artifact.CURVES_CSV))
         return {
             "run_id": rid,
             "job_run_id": jid,

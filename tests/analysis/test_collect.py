@@ -111,3 +111,13 @@ def test_selection_errors_name_the_value(store, tmp_path) -> None:
         resolve_tracking_uri(f"sqlite:///{tmp_path / 'missing.db'}")
     with pytest.raises(AnalysisError, match=r"--tag 'study' is not of the form key=value"):
         parse_tags(["study"])
+
+
+def test_runs_of_a_newer_record_format_are_refused(store) -> None:
+    from experiments.record_format import VERSION, Tag
+
+    logged = store.study()
+    replica = logged.replicas[0]["run_id"]
+    store.client.set_tag(replica, Tag.FORMAT, str(int(VERSION) + 1))
+    with pytest.raises(AnalysisError, match=f"record format {int(VERSION) + 1}.*up to {VERSION}"):
+        load_study(store.uri)

@@ -14,7 +14,7 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from experiments import records, training
+from experiments import record_format, records, training
 from experiments.tracking import Tracker, retry
 from experiments.train import JobContext, Progress, run
 from tests.experiments.conftest import compose_cfg, run_app, runs_by_kind, sqlite_uri
@@ -87,6 +87,7 @@ def test_quick_run_logs_exactly_the_described_runs(tmp_path):
     assert [r.data.params["seed"] for r in replicas] == ["0", "1", "2"]
 
     assert job.info.status == "FINISHED"
+    assert {r.data.tags["mtl.format"] for r in [job, *replicas]} == {record_format.VERSION}
     assert job.data.tags["mtl.study"] == "quick"
     assert job.data.tags["mtl.overrides"] == f"experiment=quick tracking.uri={uri}"
     assert job.data.tags["mtl.command"].startswith("python -m experiments.train experiment=quick")
