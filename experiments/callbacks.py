@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.record_format import Artifact, Kind, Tag, where
+from experiments.record_format import Artifact, Kind, Tag, sweep_name, where
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,22 @@ _active: dict[str, Any] = {}
 
 def sweep_run_id_for(sweep_dir: str | None) -> str | None:
     """The sweep run a multirun job belongs to: the sweep dir's file, else the environment."""
-    if sweep_dir:
-        path = Path(sweep_dir) / SWEEP_FILE
-        if path.is_file():
-            try:
-                return str(json.loads(path.read_text())["run_id"])
-            except (OSError, ValueError, KeyError):
-                pass
-    return os.environ.get(SWEEP_ENV) or None
+    return str(_sweep_file(sweep_dir).get("run_id") or os.environ.get(SWEEP_ENV) or "") or None
+
+
+def swept_keys_for(sweep_dir: str | None) -> list[str]:
+    """The keys the sweep varies (from the sweep dir's file), which job names show."""
+    return list(_sweep_file(sweep_dir).get("swept", []))
+
+
+def _sweep_file(sweep_dir: str | None) -> dict[str, Any]:
+    path = Path(sweep_dir) / SWEEP_FILE if sweep_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def end_active_sweep(status: str, error: str | None = None) -> None:
@@ -246,7 +254,12 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(
             json.dumps(
-                {"run_id": run_id, "tracking_uri": uri, "experiment_id": tracker.experiment_id}
+                {
+                    "run_id": run_id,
+                    "tracking_uri": uri,
+                    "experiment_id": tracker.experiment_id,
+                    "swept": list(_swept_axes(config)),  # what job names show
+                }
             )
         )
         os.environ[SWEEP_ENV] = run_id
@@ -259,9 +272,10 @@ class MlflowSweepCallback(Callback):
         """A new sweep run: its axes as params, its planned jobs as sweep_jobs.json."""
         from experiments.config import flatten
 
-        name = f"sweep {tags[Tag.STUDY]} {Path(tags[Tag.SWEEP_DIR]).name}"
-        run_id = tracker.start_run(name, tags, heartbeat=True)
         swept = _swept_axes(config)
+        n_jobs = len(planned) if planned is not None else None
+        name = sweep_name(tags[Tag.STUDY], n_jobs, list(swept))
+        run_id = tracker.start_run(name, tags, heartbeat=True)
         params = {f"sweep.{k}": v for k, v in swept.items()}
         params.update({k: v for k, v in flatten(task).items() if k != "seed" and k not in swept})
         n_jobs = str(len(planned)) if planned is not None else ""

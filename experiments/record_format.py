@@ -102,6 +102,42 @@ class Artifact:
     SWEEP_JOBS = "sweep_jobs.json"
 
 
+# Run names, short enough for the runs table, a legend and a page title (< 48 characters).
+NAME_LENGTH = 48
+_SHORT = {"optim.lr": "lr", "trainer.batch_size": "bs", "trainer.epochs": "ep",
+          "model.activations": "", "model.act1": "a1=", "model.act2": "a2=", "model.act3": "a3=",
+          "model.hidden": "h", "model.loss": "", "model.init": "", "data.n_train": "n",
+          "data.encoding": "", "replicas": "x", "seed": "seed"}  # fmt: skip
+
+
+def short_setting(key: str, value: str) -> str:
+    """One setting as a run name shows it: optim.lr=0.03 -> lr0.03, [tanh,relu] -> tanh-relu."""
+    value = value.strip("[]'\" ").replace(",", "-").replace(" ", "")
+    prefix = _SHORT.get(key, key.rsplit(".", 1)[-1] + "=")
+    return f"{prefix}{value}"
+
+
+def job_name(settings: dict[str, str], job_num: int | None, study: str) -> str:
+    """``j19 bs10 lr0.03 tanh-tanh-relu`` in a sweep (settings: what the sweep varies), else
+    ``report lr0.01 bs25 tanh-tanh-tanh x110`` (settings: lr, batch, activations, replicas)."""
+    parts = [f"j{job_num}" if job_num is not None else study]
+    parts += [short_setting(k, v) for k, v in settings.items()]
+    return " ".join(parts)[:NAME_LENGTH]
+
+
+def replica_name(seed: int, job_num: int | None, study: str) -> str:
+    """``s5 j19`` (seed 5 of sweep job 19), or ``s5 report`` outside a sweep."""
+    return f"s{seed} {f'j{job_num}' if job_num is not None else study}"[:NAME_LENGTH]
+
+
+def sweep_name(study: str, n_jobs: int | None, swept: list[str]) -> str:
+    """``sweep grid x100: bs lr acts``: the study, its size and the keys it varies."""
+    size = f" x{n_jobs}" if n_jobs else ""
+    label = {**_SHORT, "model.activations": "acts"}
+    keys = " ".join((label.get(k) or k.rsplit(".", 1)[-1]).rstrip("=") for k in swept)
+    return f"sweep {study}{size}: {keys}"[:NAME_LENGTH] if keys else f"sweep {study}{size}"
+
+
 def where(**conditions: str) -> str:
     """An MLflow filter string: ``where(**{Tag.KIND: Kind.JOB})`` -> tags.`mtl.kind` = 'job'.
     Keys are tag keys, or ``status`` for the run's status."""

@@ -376,14 +376,16 @@ class Tracker:
         parent_run_id: str | None = None,
         start_time: int | None = None,
     ) -> list[str]:
-        """`start_run` for many (name, tags) at once: one transaction on sqlite."""
+        """`start_run` for many (name, tags) at once: one transaction on sqlite. Run i starts at
+        start_time + i ms, so the runs sort in the order given (seed order), not at random."""
         runs = [(name, {**self.process_tags, **tags}) for name, tags in runs]
+        start = start_time if start_time is not None else now_ms()
         if self.uri.startswith("sqlite:"):
             try:
                 created = _sqlite_create_runs(
                     self,
                     [(name[:250], _run_tags(tags, parent_run_id)) for name, tags in runs],
-                    start_time if start_time is not None else now_ms(),
+                    start,
                 )
             except _NoFastPath as exc:
                 log.info("bulk run creation not available (%s); creating one by one", exc)
@@ -391,7 +393,10 @@ class Tracker:
                 for run_id, artifact_uri in created:
                     self._opened(run_id, artifact_uri, False)
                 return [run_id for run_id, _ in created]
-        return [self.start_run(name, tags, parent_run_id, start_time) for name, tags in runs]
+        return [
+            self.start_run(name, tags, parent_run_id, start + i)
+            for i, (name, tags) in enumerate(runs)
+        ]
 
     def artifact_repo(self, run_id: str) -> ArtifactRepository:
         """The artifact store of a run this tracker created: no tracking-store query, so it
@@ -551,7 +556,7 @@ def _sqlite_create_runs(
                 entry_point_name="",
                 user_id=tags.get("mlflow.user", "unknown"),
                 status=RunStatus.to_string(RunStatus.RUNNING),
-                start_time=start,
+                start_time=start + len(rows),
                 end_time=None,
                 deleted_time=None,
                 source_version="",

@@ -38,7 +38,7 @@ from experiments.config import (  # noqa: E402
     validate,
 )
 from experiments.errors import StoreUnavailable  # noqa: E402
-from experiments.record_format import Kind, Tag, where  # noqa: E402
+from experiments.record_format import Kind, Tag, job_name, where  # noqa: E402
 
 # torch, MLflow and the training loop are imported in `run`, after the config is checked:
 # a refused config then costs a fraction of a second instead of seconds of imports.
@@ -59,6 +59,7 @@ class JobContext:
     sweep_run_id: str | None = None
     job_num: int | None = None
     output_dir: str | None = None  # where the job's bundle goes (Hydra's output dir)
+    swept: list[str] = field(default_factory=list)  # the keys its sweep varies
 
 
 def hydra_job_context() -> JobContext:
@@ -73,6 +74,7 @@ def hydra_job_context() -> JobContext:
         sweep_run_id=callbacks.sweep_run_id_for(hc.sweep.dir) if multirun else None,
         job_num=int(hc.job.num) if multirun else None,
         output_dir=hc.runtime.output_dir,
+        swept=callbacks.swept_keys_for(hc.sweep.dir) if multirun else [],
     )
 
 
@@ -138,8 +140,18 @@ class Job:
 
     @property
     def name(self) -> str:
-        name = " ".join(self.ctx.overrides) or "defaults"
-        return f"#{self.ctx.job_num} {name}" if self.ctx.job_num is not None else name
+        """What the sweep varies (``j19 bs10 lr0.03 tanh-tanh-relu``), else the study's main
+        settings (``report lr0.01 bs25 tanh-tanh-tanh x110``); see record_format."""
+        if self.ctx.job_num is not None:
+            given = dict(o.lstrip("+~").split("=", 1) for o in self.ctx.overrides if "=" in o)
+            settings = {k: given[k] for k in self.ctx.swept if k in given}
+        else:
+            m = self.cfg.model
+            settings = {"optim.lr": str(self.cfg.optim.lr),
+                        "trainer.batch_size": str(self.cfg.trainer.batch_size),
+                        "model.activations": ",".join(m.activations),
+                        "replicas": str(self.cfg.replicas)}  # fmt: skip
+        return job_name(settings, self.ctx.job_num, self.ctx.study)
 
     @property
     def checkpoint_folder(self) -> Path:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from experiments.bundle import Bundle
 from experiments.config import flatten
-from experiments.record_format import Kind, Tag, where
+from experiments.record_format import Kind, Tag, replica_name, where
 from experiments.records import (
     Forked,
     curves_of,
@@ -116,9 +116,11 @@ def _new_replica_runs(
         Tag.JOB_RUN_ID: job_run_id,
     }
     index = {s: r for r, s in enumerate(result.seeds)}
+    num = m["tags"].get(Tag.JOB_NUM)
+    study = m["tags"].get(Tag.STUDY, "")
     runs = [
         (
-            f"seed {seed}",
+            replica_name(seed, int(num) if num is not None else None, study),
             {
                 **tags,
                 Tag.SEED: str(seed),

@@ -284,6 +284,10 @@ def test_a_sweep_killed_in_its_third_job_continues_under_the_same_sweep_run(tmp_
     assert resumed.data.metrics["n_jobs"] == resumed.data.metrics["n_jobs_finished"] == 4
     finished = [j for j in kinds["job"] if j.info.status == "FINISHED"]
     assert sorted(j.data.params["optim.lr"] for j in finished) == ["0.01", "0.02", "0.03", "0.04"]
+    assert sorted(j.info.run_name for j in finished) == [f"j{i} lr0.0{i + 1}" for i in range(4)]
+    assert resumed.info.run_name == "sweep quick x4: lr"
+    seeds_of_j3 = [r.info.run_name for r in kinds["replica"] if r.info.run_name.endswith(" j3")]
+    assert sorted(seeds_of_j3) == ["s0 j3", "s1 j3", "s2 j3"]
     assert all(j.data.tags["mtl.sweep_run_id"] == sweep_run.info.run_id for j in kinds["job"])
     planned = json.loads(
         Path(client.download_artifacts(sweep_run.info.run_id, "sweep_jobs.json")).read_text()
