@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 # (seconds); tests/experiments/test_config.py checks they match minitorch's.
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 INIT_SCHEMES = ("torch", "xavier", "normal")
+TANH_GRADS = ("exact", "report")
 LOSSES = ("mse", "mae")
 ENCODINGS = ("onehot", "pm1")
 OPTIMIZERS = ("sgd",)
@@ -62,6 +63,9 @@ class ModelConfig:
     )
     init: str = "torch"
     loss: str = "mse"
+    # Tanh's derivative in backward: exact (1 - tanh^2) or report, the report's 4 / (e^s + e^-s)
+    # = 2 sech(s) (section II.A.2), to measure what it changed. Part of the config hash.
+    tanh_grad: str = "exact"
 
 
 @dataclass
@@ -193,6 +197,13 @@ def validate(cfg: DictConfig) -> None:
         bad("model.init", m.init, f"one of {_names(INIT_SCHEMES)}")
     if m.loss not in LOSSES:
         bad("model.loss", m.loss, f"one of {_names(LOSSES)}")
+    if m.tanh_grad not in TANH_GRADS:
+        bad(
+            "model.tanh_grad",
+            m.tanh_grad,
+            "exact (Tanh backward multiplies by 1 - tanh(s)^2) or report (by the report's "
+            "4 / (e^s + e^-s) = 2 sech(s), as written in its section II.A.2)",
+        )
     if o.name not in OPTIMIZERS:
         bad("optim.name", o.name, f"one of {_names(OPTIMIZERS)}")
     if not (o.lr > 0 and o.lr < float("inf")):

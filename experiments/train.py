@@ -288,6 +288,7 @@ def _train(job: Job) -> Any:
         workers=cfg.trainer.workers,
         progress=progress,
         checkpoint=Checkpointing(job.checkpoint_folder, every) if every > 0 else None,
+        tanh_grad=cfg.model.tanh_grad,
     )
     progress.close()
     return result

@@ -106,6 +106,7 @@ class _Settings:
     n_train: int
     n_test: int
     encoding: str
+    tanh_grad: str = "exact"
 
 
 def eval_epochs_for(epochs: int, eval_every: int) -> Tensor:
@@ -162,6 +163,7 @@ def train_replicas(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     checkpoint: Checkpointing | None = None,
+    tanh_grad: str = "exact",
 ) -> TrainResult:
     """Train one model per seed, all at once through the replica axis.
 
@@ -170,6 +172,7 @@ def train_replicas(
     non-finite is marked diverged and frozen; the others go on. With `checkpoint`, each shard
     saves its state every `checkpoint.every` epochs and at the end, and resumes from a saved
     state of the same settings; `clear_checkpoints` removes them once the results are safe.
+    `tanh_grad` is Tanh's derivative in every kernel: "exact" or the report's ("report").
     """
     seeds = [int(s) for s in seeds]
     settings = _Settings(
@@ -183,6 +186,7 @@ def train_replicas(
         n_train=n_train,
         n_test=n_test,
         encoding=encoding,
+        tanh_grad=tanh_grad,
     )
     _check_settings(seeds, settings)
     _check("workers", workers, workers >= 1, "an integer >= 1")
@@ -202,7 +206,8 @@ def train_replicas(
     # Build the native kernel once, here, rather than in every worker at once; if it cannot
     # be built, FusedMLPStep says so and falls back to the torch kernels.
     with contextlib.suppress(mt.native.NativeUnavailable):
-        mt.native.load((IN_FEATURES, *settings.hidden, OUT_FEATURES), settings.activations, loss)
+        sizes = (IN_FEATURES, *settings.hidden, OUT_FEATURES)
+        mt.native.load(sizes, settings.activations, loss, tanh_grad)
     if workers == 1:
         return _train_shard(seeds, rates, settings, progress=progress, checkpoint=checkpoint)
     return _train_sharded(shards, settings, progress, checkpoint)
@@ -238,6 +243,9 @@ def _check_settings(seeds: list[int], s: _Settings) -> None:
     _check("epochs", s.epochs, s.epochs > 0, "an integer > 0")
     _check("eval_every", s.eval_every, s.eval_every > 0, "an integer > 0")
     _check("encoding", s.encoding, s.encoding in ENCODINGS, f"one of {', '.join(ENCODINGS)}")
+    _check(
+        "tanh_grad", s.tanh_grad, s.tanh_grad in mt.TANH_GRADS, f"one of {', '.join(mt.TANH_GRADS)}"
+    )
 
 
 def _train_sharded(
@@ -330,6 +338,7 @@ def _build_shard(seeds: list[int], rates: Tensor, s: _Settings, threads: int) ->
         replicas=R,
         init=s.init,
         generator=[mt.seeded_generator(seed, "init") for seed in seeds],
+        tanh_grad=s.tanh_grad,
     )
     loss_fn = mt.LOSSES[s.loss](replicas=R)
     opt = mt.SGD(model.params(), rates.clone())

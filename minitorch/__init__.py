@@ -4,7 +4,7 @@ No torch.autograd, torch.nn or torch.optim inside: every module computes its own
 """
 
 from minitorch import native
-from minitorch.activations import ACTIVATIONS, ReLU, Sigmoid, Tanh
+from minitorch.activations import ACTIVATIONS, TANH_GRADS, ReLU, Sigmoid, Tanh
 from minitorch.fused import FusedMLPStep
 from minitorch.init import INIT_SCHEMES, init_linear, seeded_generator
 from minitorch.linear import Linear
@@ -21,6 +21,7 @@ __all__ = [
     "MAE",
     "MSE",
     "SGD",
+    "TANH_GRADS",
     "Linear",
     "Loss",
     "Module",

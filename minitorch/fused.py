@@ -6,6 +6,10 @@ steps of a `Sequential` of `Linear` and activation modules on preallocated buffe
 model's parameter and gradient tensors. It is tested to give the same parameters as the general
 modules (tests/minitorch/test_fused.py).
 
+Every Tanh of the model must have the same derivative (`Tanh(grad=...)`, `mlp(tanh_grad=...)`):
+every kernel computes the exact 1 - t^2 from the output t, or the report's 2 sech(s) from the
+pre-activation s.
+
 Kernels, chosen by `kernel`; "auto", the default, takes "native" for float32 models when the
 machine can build it, else "numpy" when torch runs on one thread and "torch" otherwise:
 - "native": minitorch/csrc (see minitorch/native.py), compiled once per architecture with the
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from minitorch import native
-from minitorch.activations import ReLU, Sigmoid, Tanh
+from minitorch.activations import ReLU, Sigmoid, Tanh, report_tanh_grad
 from minitorch.linear import Linear
 from minitorch.losses import MAE, MSE, Loss
 from minitorch.module import Sequential
@@ -65,24 +69,7 @@ class FusedMLPStep:
         if threads is not None and (isinstance(threads, bool) or threads < 1):
             raise ValueError(f"FusedMLPStep: threads={threads!r}; expected an integer >= 1.")
         self.threads = threads
-        self.layers: list[Linear] = []
-        self.acts: list[str] = []
-        for i, m in enumerate(model.modules):
-            want_linear = i % 2 == 0
-            if want_linear and isinstance(m, Linear):
-                self.layers.append(m)
-            elif not want_linear and isinstance(m, (Tanh, Sigmoid, ReLU)):
-                self.acts.append(type(m).__name__.lower())
-            else:
-                raise TypeError(
-                    f"FusedMLPStep: module {i} is {m!r}; expected alternating Linear and "
-                    "ReLU/Tanh/Sigmoid modules, starting and ending with Linear."
-                )
-        if len(self.layers) != len(self.acts) + 1 or not self.acts:
-            raise TypeError(
-                "FusedMLPStep: the model must have at least one hidden layer and end with a "
-                "Linear layer."
-            )
+        self.layers, self.acts, self.tanh_grad = _mlp_parts(model)
         if not isinstance(loss, (MSE, MAE)):
             raise TypeError(f"FusedMLPStep: loss {loss!r} is not supported; expected MSE or MAE.")
         self.loss_kind = "mse" if isinstance(loss, MSE) else "mae"
@@ -114,7 +101,7 @@ class FusedMLPStep:
         if problem is None:
             sizes = (self.layers[0].in_features, *(m.out_features for m in self.layers))
             try:
-                return native.load(sizes, tuple(self.acts), self.loss_kind)
+                return native.load(sizes, tuple(self.acts), self.loss_kind, self.tanh_grad)
             except native.NativeUnavailable as e:
                 problem = str(e)
         if kernel == "native":
@@ -163,6 +150,8 @@ class FusedMLPStep:
             if self.acts[i] == "tanh":
                 # tanh(z) = 2 sigmoid(2z) - 1; the 2z is folded into the product.
                 torch.baddbmm(self.b[i], h, self.Wt[i], beta=2, alpha=2, out=z[i])
+                if buf.get("d"):  # training with the report's derivative: save 2 sech(z)
+                    report_tanh_grad(torch.mul(z[i], 0.5, out=buf["d"][i]), out=buf["d"][i])
                 torch.sigmoid(z[i], out=z[i])
                 torch.add(self._minus_one, z[i], alpha=2, out=z[i])
             else:
@@ -193,6 +182,9 @@ class FusedMLPStep:
                 buf["gt"] = [t.transpose(1, 2) for t in buf["g"]]
                 buf["gh"] = [new(n) for n in ins]  # gradient wrt each layer's input
                 buf["tmp"] = [new(n) for n in outs]
+                # The report's tanh derivative, 2 sech(z), from the pre-activation z: the
+                # forward overwrites z with tanh(z), from which it would lose its precision.
+                buf["d"] = [new(n) for n in outs[:-1]] if self.tanh_grad == "report" else []
                 buf["gw0_t"] = [torch.empty(R, ins[0], outs[0], dtype=x.dtype)]
                 buf["np_g"] = [t.numpy() for t in buf["g"]]
                 buf["np_gt"] = [t.numpy() for t in buf["gt"]]
@@ -346,11 +338,17 @@ class FusedMLPStep:
             torch.sum(g[i], 1, out=self.gb[i])
             if i > 0:
                 torch.bmm(g[i], self.W[i], out=gh[i])
-                _act_backward(self.acts[i - 1], gh[i], z[i - 1], tmp[i - 1], out=g[i - 1])
+                _act_backward(*self._saved(buf, i - 1), gh[i], tmp[i - 1], out=g[i - 1])
         self.optimizer.step()
 
+    def _saved(self, buf: dict[str, list[Tensor]], i: int) -> tuple[str, Tensor]:
+        """How hidden layer i's activation backward runs, and the saved tensor it reads."""
+        if self.acts[i] == "tanh" and self.tanh_grad == "report":
+            return "tanh_report", buf["d"][i]
+        return self.acts[i], buf["z"][i]
+
     def _backward_numpy(self, x: Tensor, buf: dict[str, list[Tensor]]) -> None:
-        z, g, gh, tmp = buf["z"], buf["g"], buf["gh"], buf["tmp"]
+        g, gh, tmp = buf["g"], buf["gh"], buf["tmp"]
         zn, gn, gtn, ghn = buf["np_z"], buf["np_g"], buf["np_gt"], buf["np_gh"]
         xn = x.numpy()
         # A diverging replica overflows to inf/nan as in torch; numpy would also warn about it.
@@ -360,10 +358,41 @@ class FusedMLPStep:
                 torch.sum(g[i], 1, out=self.gb[i])
                 if i > 0:
                     np.matmul(gn[i], self.np_W[i], out=ghn[i])
-                    _act_backward(self.acts[i - 1], gh[i], z[i - 1], tmp[i - 1], out=g[i - 1])
+                    _act_backward(*self._saved(buf, i - 1), gh[i], tmp[i - 1], out=g[i - 1])
 
 
 KERNELS = ("auto", "native", "numpy", "torch")
+
+
+def _mlp_parts(model: Sequential) -> tuple[list[Linear], list[str], str]:
+    """The Linear layers, the activation names and the Tanh derivative of an MLP, checked."""
+    layers: list[Linear] = []
+    acts: list[str] = []
+    tanh_grads: set[str] = set()
+    for i, m in enumerate(model.modules):
+        want_linear = i % 2 == 0
+        if want_linear and isinstance(m, Linear):
+            layers.append(m)
+        elif not want_linear and isinstance(m, (Tanh, Sigmoid, ReLU)):
+            acts.append(type(m).__name__.lower())
+            if isinstance(m, Tanh):
+                tanh_grads.add(m.grad)
+        else:
+            raise TypeError(
+                f"FusedMLPStep: module {i} is {m!r}; expected alternating Linear and "
+                "ReLU/Tanh/Sigmoid modules, starting and ending with Linear."
+            )
+    if len(layers) != len(acts) + 1 or not acts:
+        raise TypeError(
+            "FusedMLPStep: the model must have at least one hidden layer and end with a "
+            "Linear layer."
+        )
+    if len(tanh_grads) > 1:
+        raise TypeError(
+            f"FusedMLPStep: the model's Tanh modules mix derivatives {sorted(tanh_grads)}; "
+            "expected one for all (mlp(..., tanh_grad=...) builds such a model)."
+        )
+    return layers, acts, tanh_grads.pop() if tanh_grads else "exact"
 
 
 def _check_rc(rc: int) -> None:
@@ -381,9 +410,11 @@ def _act_forward_(name: str, z: Tensor) -> None:
         torch.relu_(z)
 
 
-def _act_backward(name: str, grad: Tensor, a: Tensor, tmp: Tensor, out: Tensor) -> None:
-    """out = grad * f'(z), from the saved activation a = f(z)."""
-    if name == "tanh":  # 1 - t^2
+def _act_backward(name: str, a: Tensor, grad: Tensor, tmp: Tensor, out: Tensor) -> None:
+    """out = grad * f'(z), from the saved activation a = f(z) (for "tanh_report", a = f'(z))."""
+    if name == "tanh_report":  # the report's 2 sech(z), saved by the forward
+        torch.mul(grad, a, out=out)
+    elif name == "tanh":  # 1 - t^2
         torch.addcmul(grad, torch.mul(grad, a, out=tmp), a, value=-1, out=out)
     elif name == "sigmoid":  # s (1 - s)
         torch.mul(grad, a, out=tmp)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from minitorch.activations import ACTIVATIONS
+from minitorch.activations import ACTIVATIONS, Tanh, check_tanh_grad
 from minitorch.linear import Generators, Linear
 from minitorch.module import Module, Sequential
 
@@ -19,11 +19,14 @@ def mlp(
     init: str = "torch",
     generator: Generators = None,
     dtype: torch.dtype = torch.float32,
+    tanh_grad: str = "exact",
 ) -> Sequential:
     """Linear layers sizes[0] -> sizes[1] -> ... with activations[i] after hidden layer i.
 
     The last layer has no activation (the report's test model: 2-25-25-25-2, MSE on its output).
+    `tanh_grad` is every Tanh's derivative: "exact" or "report" (see `Tanh`).
     """
+    check_tanh_grad(tanh_grad, "mlp")
     if len(activations) != len(sizes) - 2:
         raise ValueError(
             f"mlp: {len(activations)} activations {list(activations)} for sizes {list(sizes)}; "
@@ -40,5 +43,6 @@ def mlp(
             Linear(n_in, n_out, replicas=replicas, init=init, generator=generator, dtype=dtype)
         )
         if i < len(activations):
-            layers.append(ACTIVATIONS[activations[i]]())
+            act = ACTIVATIONS[activations[i]]
+            layers.append(Tanh(grad=tanh_grad) if act is Tanh else act())
     return Sequential(*layers)

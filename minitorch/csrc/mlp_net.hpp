@@ -24,6 +24,7 @@ struct Net {
   vf* gb[NL];
   vf* h[NL];
   vf* g[NL];
+  vf* d[NL];  // TANH_REPORT layers: 2 sech(pre-activation), what their backward multiplies by
   void* mem;
 };
 
@@ -35,7 +36,8 @@ static bool net_alloc(Net& n, int rows) {
   size_t total = 0;  // in vectors
   for (int l = 0; l < NL; ++l) {
     size_t I = in_of(l), O = out_of(l), NVO = nvec(O), NVI = nvec(I);
-    total += 2 * (NVI * V) * NVO + (NVO * V) * NVI + 2 * NVO + 2 * size_t(rows) * NVO;
+    const size_t D = ACTS[l] == TANH_REPORT ? size_t(rows) * NVO : 0;
+    total += 2 * (NVI * V) * NVO + (NVO * V) * NVI + 2 * NVO + 2 * size_t(rows) * NVO + D;
   }
   size_t bytes = (total * sizeof(vf) + 63) / 64 * 64;
   n.mem = std::aligned_alloc(64, bytes);
@@ -51,6 +53,8 @@ static bool net_alloc(Net& n, int rows) {
     n.gb[l] = p; p += NVO;
     n.h[l] = p; p += size_t(rows) * NVO;
     n.g[l] = p; p += size_t(rows) * NVO;
+    n.d[l] = nullptr;
+    if (ACTS[l] == TANH_REPORT) { n.d[l] = p; p += size_t(rows) * NVO; }
   }
   return true;
 }
@@ -104,7 +108,8 @@ static inline void forward(Net& n, const float* x, int rows) {
   constexpr int I = in_of(l), O = out_of(l), NVO = nvec(O);
   const float* A = l == 0 ? x : reinterpret_cast<const float*>(n.h[l == 0 ? 0 : l - 1]);
   const int ars = l == 0 ? I : nvec(I) * V;
-  gemm<NVO, EPI_BIAS_ACT, ACTS[l]>(rows, I, A, ars, 1, n.WT[l], n.bias[l], n.h[l], n.h[l]);
+  gemm<NVO, EPI_BIAS_ACT, ACTS[l]>(rows, I, A, ars, 1, n.WT[l], n.bias[l], n.h[l], n.h[l],
+                                   nullptr, n.d[l]);
   if constexpr (l + 1 < NL) forward<l + 1>(n, x, rows);
 }
 
@@ -149,8 +154,9 @@ static inline void backward(Net& n, const float* x, int rows) {
   }
   if constexpr (l > 0) {
     // g[l-1][r][:] = (sum_o g[l][r][o] W[o][:]) * f'(z[l-1][r][:])
+    const vf* saved = ACTS[l - 1] == TANH_REPORT ? n.d[l - 1] : n.h[l - 1];
     gemm<NVI, EPI_TIMES_DACT, ACTS[l - 1]>(rows, O, reinterpret_cast<const float*>(g), NVO * V,
-                                           1, n.Wp[l], nullptr, n.h[l - 1], n.g[l - 1]);
+                                           1, n.Wp[l], nullptr, saved, n.g[l - 1]);
     backward<l - 1>(n, x, rows);
   }
 }

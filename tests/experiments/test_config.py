@@ -12,7 +12,7 @@ from experiments.callbacks import _job_overrides
 from experiments.config import ConfigError, config_hash, flatten, validate
 from tests.experiments.conftest import CONF, compose_cfg
 
-PRESETS = ["report", "grid", "grid_full", "quick"]
+PRESETS = ["report", "report_faithful", "grid", "grid_full", "quick"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -31,6 +31,7 @@ def test_accepted_names_are_minitorchs():
     assert set(config.ACTIVATIONS) == set(mt.ACTIVATIONS)
     assert set(config.INIT_SCHEMES) == set(mt.INIT_SCHEMES)
     assert set(config.LOSSES) == set(mt.LOSSES)
+    assert set(config.TANH_GRADS) == set(mt.TANH_GRADS)
     assert set(config.ENCODINGS) == set(ENCODINGS)
 
 

@@ -27,6 +27,7 @@ PARAMS = {
     "model.activations",
     "model.init",
     "model.loss",
+    "model.tanh_grad",
     "optim.name",
     "optim.lr",
     "data.name",

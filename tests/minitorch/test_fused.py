@@ -8,10 +8,15 @@ import torch
 import minitorch as mt
 
 
-def build(acts, replicas, dtype, loss_name, lr):
+def build(acts, replicas, dtype, loss_name, lr, tanh_grad="exact"):
     gen = [mt.seeded_generator(s, "init") for s in range(replicas or 1)]
     model = mt.mlp(
-        (2, 9, 7, 8, 2), acts, replicas=replicas, dtype=dtype, generator=gen if replicas else gen[0]
+        (2, 9, 7, 8, 2),
+        acts,
+        replicas=replicas,
+        dtype=dtype,
+        generator=gen if replicas else gen[0],
+        tanh_grad=tanh_grad,
     )
     loss = mt.LOSSES[loss_name](replicas=replicas)
     return model, loss, mt.SGD(model.params(), lr)
@@ -22,10 +27,11 @@ def build(acts, replicas, dtype, loss_name, lr):
 @pytest.mark.parametrize("acts", [("tanh",) * 3, ("relu", "sigmoid", "tanh")])
 @pytest.mark.parametrize("loss_name", ["mse", "mae"])
 @pytest.mark.parametrize("kernel", mt.fused.KERNELS)
-def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel):
+@pytest.mark.parametrize("tanh_grad", mt.TANH_GRADS)
+def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel, tanh_grad):
     lr = 0.3 if replicas is None else torch.linspace(0.1, 0.5, replicas, dtype=dtype)
-    ref_model, ref_loss, ref_opt = build(acts, replicas, dtype, loss_name, lr)
-    model, loss, opt = build(acts, replicas, dtype, loss_name, lr)
+    ref_model, ref_loss, ref_opt = build(acts, replicas, dtype, loss_name, lr, tanh_grad)
+    model, loss, opt = build(acts, replicas, dtype, loss_name, lr, tanh_grad)
     if kernel == "native" and dtype == torch.float64:
         with pytest.raises(ValueError, match=r"float32 only and the model is torch.float64"):
             mt.FusedMLPStep(model, loss, opt, kernel=kernel)
@@ -53,10 +59,12 @@ def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel
     assert (fused.forward(x) - ref_model(x)).abs().max().item() <= tol
 
 
-def test_kernels_agree_on_the_report_model_over_many_steps():
+@pytest.mark.parametrize("tanh_grad", mt.TANH_GRADS)
+def test_kernels_agree_on_the_report_model_over_many_steps(tanh_grad):
     runs = {}
     for kernel in ("native", "numpy", "torch"):
-        model, loss, opt = build(("tanh",) * 3, 6, torch.float32, "mse", torch.full((6,), 0.05))
+        lr = torch.full((6,), 0.05)
+        model, loss, opt = build(("tanh",) * 3, 6, torch.float32, "mse", lr, tanh_grad)
         fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
         gen = torch.Generator().manual_seed(1)
         for _ in range(200):
@@ -65,6 +73,30 @@ def test_kernels_agree_on_the_report_model_over_many_steps():
     for kernel in ("native", "numpy"):
         for a, b in zip(runs[kernel], runs["torch"], strict=True):
             assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("kernel", ["native", "numpy", "torch"])
+def test_report_tanh_grad_trains_differently_from_the_exact_one(kernel):
+    """Same init, same batches: the report's derivative must change the weights, every kernel."""
+    runs = {}
+    for tanh_grad in mt.TANH_GRADS:
+        model, loss, opt = build(("tanh",) * 3, 3, torch.float32, "mse", 0.1, tanh_grad)
+        fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
+        assert fused.tanh_grad == tanh_grad
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(5):
+            fused.step(torch.rand(3, 25, 2, generator=gen), torch.rand(3, 25, 2, generator=gen))
+        runs[tanh_grad] = [p.clone() for p, _ in model.params()]
+    # The first layer's weights see the derivative three times: 2x-and-more steps differ.
+    assert (runs["report"][0] - runs["exact"][0]).abs().max().item() > 1e-3
+
+
+def test_mixed_tanh_grads_are_refused():
+    model = mt.Sequential(
+        mt.Linear(2, 3), mt.Tanh(), mt.Linear(3, 3), mt.Tanh(grad="report"), mt.Linear(3, 2)
+    )
+    with pytest.raises(TypeError, match=r"Tanh modules mix derivatives \['exact', 'report'\]"):
+        mt.FusedMLPStep(model, mt.MSE(), mt.SGD(model.params(), 0.1))
 
 
 def test_unknown_kernel_is_refused():
@@ -84,18 +116,26 @@ def test_fused_refuses_other_shapes():
 # --- the native kernel -------------------------------------------------------------------------
 
 
-def wide_model(replicas, acts=("tanh", "relu", "sigmoid"), loss="mse", lr=0.2):
+def wide_model(replicas, acts=("tanh", "relu", "sigmoid"), loss="mse", lr=0.2, tanh_grad="exact"):
     """Widths that give the native kernel's every block shape: 1, 3, 4 and 5 vectors a row."""
     gen = [mt.seeded_generator(s, "init") for s in range(replicas)]
-    model = mt.mlp((3, 25, 40, 17, 3), acts, replicas=replicas, generator=gen)
+    model = mt.mlp((3, 25, 40, 17, 3), acts, replicas=replicas, generator=gen, tanh_grad=tanh_grad)
     return model, mt.LOSSES[loss](replicas=replicas), mt.SGD(model.params(), lr)
 
 
 @pytest.mark.parametrize("loss_name", ["mse", "mae"])
-def test_native_epoch_equals_module_steps_with_a_short_last_batch(loss_name):
+@pytest.mark.parametrize(
+    "acts, tanh_grad",
+    [
+        (("tanh", "relu", "sigmoid"), "exact"),
+        (("tanh", "relu", "sigmoid"), "report"),
+        (("relu", "tanh", "tanh"), "report"),  # the report's tanh at 5 and 3 vectors a row
+    ],
+)
+def test_native_epoch_equals_module_steps_with_a_short_last_batch(loss_name, acts, tanh_grad):
     R, N, B = 3, 30, 7  # batches of 7, 7, 7, 7, 2: full and partial register blocks
-    ref_model, ref_loss, ref_opt = wide_model(R, loss=loss_name)
-    model, loss, opt = wide_model(R, loss=loss_name)
+    ref_model, ref_loss, ref_opt = wide_model(R, acts, loss_name, tanh_grad=tanh_grad)
+    model, loss, opt = wide_model(R, acts, loss_name, tanh_grad=tanh_grad)
     fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
     gen = torch.Generator().manual_seed(3)
     x, y = torch.rand(R, N, 3, generator=gen), torch.rand(R, N, 3, generator=gen)
@@ -115,10 +155,11 @@ def test_native_epoch_equals_module_steps_with_a_short_last_batch(loss_name):
     torch.testing.assert_close(fused.forward(x_eval), ref_model(x_eval), rtol=0, atol=2e-6)
 
 
-def test_torch_kernels_epoch_equals_native_epoch():
+@pytest.mark.parametrize("tanh_grad", mt.TANH_GRADS)
+def test_torch_kernels_epoch_equals_native_epoch(tanh_grad):
     runs = []
     for kernel in ("native", "numpy", "torch"):
-        model, loss, opt = wide_model(2)
+        model, loss, opt = wide_model(2, ("tanh", "relu", "tanh"), tanh_grad=tanh_grad)
         gen = torch.Generator().manual_seed(4)
         x, y = torch.rand(2, 23, 3, generator=gen), torch.rand(2, 23, 3, generator=gen)
         mt.FusedMLPStep(model, loss, opt, kernel=kernel).epoch(x, y, 5)
@@ -128,10 +169,11 @@ def test_torch_kernels_epoch_equals_native_epoch():
             torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
 
 
-def test_native_extreme_inputs_saturate_like_torch():
+@pytest.mark.parametrize("tanh_grad", mt.TANH_GRADS)
+def test_native_extreme_inputs_saturate_like_torch(tanh_grad):
     x = torch.tensor([[1e4, -1e4, 3e3], [-1e30, 1e30, 0.0], [0.0, 0.0, 0.0]]).expand(2, 3, 3)
     for acts in [("tanh",) * 3, ("sigmoid",) * 3]:
-        model, loss, opt = wide_model(2, acts=acts)
+        model, loss, opt = wide_model(2, acts=acts, tanh_grad=tanh_grad)
         fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
         torch.testing.assert_close(fused.forward(x), model(x), rtol=0, atol=1e-6)
     # relu passes the large values on: equal up to float32 rounding of sums near 1e30
@@ -140,11 +182,14 @@ def test_native_extreme_inputs_saturate_like_torch():
     torch.testing.assert_close(fused.forward(x), model(x), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("acts", [("tanh",) * 3, ("relu", "relu", "sigmoid")])
-def test_native_nan_replica_stays_nan_and_alone(acts):
+@pytest.mark.parametrize(
+    "acts, tanh_grad",
+    [(("tanh",) * 3, "exact"), (("tanh",) * 3, "report"), (("relu", "relu", "sigmoid"), "exact")],
+)
+def test_native_nan_replica_stays_nan_and_alone(acts, tanh_grad):
     """A diverged (NaN) replica must not touch its neighbours, even through padded lanes."""
-    model, loss, opt = wide_model(3, acts=acts)
-    ref_model, ref_loss, ref_opt = wide_model(3, acts=acts)
+    model, loss, opt = wide_model(3, acts=acts, tanh_grad=tanh_grad)
+    ref_model, ref_loss, ref_opt = wide_model(3, acts=acts, tanh_grad=tanh_grad)
     for p, _ in model.params():
         p[1] = float("nan")
     gen = torch.Generator().manual_seed(5)
@@ -169,6 +214,9 @@ def test_native_build_is_cached_once_per_architecture(tmp_path, monkeypatch):
         mt.native.load((2, 5, 2), ("tanh",), "mae")  # from disk, not rebuilt
         assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
         assert [p.name for p in tmp_path.iterdir()] == built
+        # The report's tanh derivative is compiled in: a kernel of its own.
+        mt.native.load((2, 5, 2), ("tanh",), "mae", tanh_grad="report")
+        assert len(list(tmp_path.iterdir())) == 2
     finally:
         mt.native.load.cache_clear()
 

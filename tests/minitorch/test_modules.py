@@ -123,6 +123,79 @@ def test_tanh_derivative_is_one_minus_square_not_the_reports():
     assert act.backward(torch.ones(1, 1, dtype=torch.float64)).item() == 1.0
 
 
+def report_tanh_ref(x, _):
+    """Value tanh(s), gradient that of 4 arctan(tanh(s/2)), which is exactly 2 sech(s).
+
+    The straight-through sum makes one torch expression with both, for the shared oracle.
+    """
+    g = 4 * torch.atan(torch.tanh(x / 2))
+    return torch.tanh(x).detach() + (g - g.detach())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=25, deadline=None)
+@given(s=shapes)
+def test_tanh_report_grad_matches_autograd_of_4_arctan_tanh_half(s, dtype):
+    x = make_input(s, s["n_in"], dtype)
+    assert_matches_torch(mt.Tanh(grad="report"), report_tanh_ref, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("replicas", [None, 2])
+def test_tanh_report_grad_extreme_inputs(dtype, replicas):
+    x = torch.tensor(EXTREMES, dtype=dtype).repeat(3, 1)
+    if replicas:
+        x = x.expand(replicas, *x.shape).clone()
+    assert_matches_torch(mt.Tanh(grad="report"), report_tanh_ref, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tanh_report_grad_is_the_reports_formula_and_not_the_exact_one(dtype):
+    s = torch.tensor([0.0, 0.5, -1.0, 3.0, -6.0], dtype=dtype)
+    report, exact = mt.Tanh(grad="report"), mt.Tanh()
+    report.forward(s)
+    exact.forward(s)
+    got = report.backward(torch.ones_like(s))
+    # As written in the report: grad * 4 / (e^s + e^-s); 2 at s = 0, where sech^2 gives 1.
+    torch.testing.assert_close(got, 4 / (torch.exp(s) + torch.exp(-s)))
+    assert got[0].item() == 2.0 and exact.backward(torch.ones_like(s))[0].item() == 1.0
+    # Relative to the exact 1 - tanh^2 = sech^2 it is 2 cosh(s): ever larger with |s|. (Up to
+    # |s| = 3: beyond, float32's 1 - t^2 keeps too few digits for a 1e-4 ratio.)
+    ratio = got / exact.backward(torch.ones_like(s))
+    torch.testing.assert_close(ratio[:4], 2 * torch.cosh(s[:4]), rtol=1e-4, atol=0)
+
+
+def test_tanh_grad_is_checked_and_shown():
+    with pytest.raises(ValueError, match=r"Tanh: grad='sech2' is not known; accepted: exact, rep"):
+        mt.Tanh(grad="sech2")
+    with pytest.raises(ValueError, match=r"mlp: tanh_grad='Report' is not known; accepted: exa"):
+        mt.mlp((2, 3, 2), ("tanh",), tanh_grad="Report")
+    model = mt.mlp((2, 3, 3, 2), ("tanh", "relu"), tanh_grad="report")
+    assert [repr(m) for m in model.modules[1::2]] == ["Tanh(grad='report')", "ReLU()"]
+    assert repr(mt.mlp((2, 3, 2), ("tanh",))[1]) == "Tanh()"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("replicas", [None, 3])
+def test_sequential_with_report_tanh_grad_matches_autograd(dtype, replicas):
+    gen = torch.Generator().manual_seed(0)
+    acts = ("tanh", "relu", "tanh")
+    model = mt.mlp(
+        (2, 6, 5, 4, 2), acts, replicas=replicas, generator=gen, dtype=dtype, tanh_grad="report"
+    )
+
+    def ref(x, params):
+        h = x
+        for i in range(4):
+            h = linear_ref(h, params[2 * i : 2 * i + 2])
+            if i < 3:
+                h = report_tanh_ref(h, None) if acts[i] == "tanh" else torch.relu(h)
+        return h
+
+    x = make_input({"replicas": replicas, "batch": 7, "seed": 3, "scale": 1.0}, 2, dtype)
+    assert_matches_torch(model, ref, x)
+
+
 def test_mse_forward_and_backward_agree_with_torch_mseloss():
     pred = torch.tensor([[1.0, 2.0], [3.0, 5.0]], dtype=torch.float64)
     target = torch.zeros(2, 2, dtype=torch.float64)
