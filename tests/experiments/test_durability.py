@@ -299,9 +299,9 @@ def test_a_sweep_killed_in_its_third_job_continues_under_the_same_sweep_run(tmp_
     }
 
 
-def test_a_dead_jobs_trained_bundle_is_completed_by_the_reaper(tmp_path):
-    """A job that died while logging (its results in its bundle, its runs RUNNING): the next
-    job in the experiment finds its process gone and completes the runs from the bundle."""
+def _orphaned_job(tmp_path: Path, bundle_state: str):
+    """A quick job run in-process, then made what a kill -9 leaves behind: its job run RUNNING,
+    owned by a process that no longer exists, its bundle in `bundle_state`."""
     from experiments.reaper import process_tags
     from experiments.tracking import Tracker
     from experiments.train import JobContext, run
@@ -314,16 +314,22 @@ def test_a_dead_jobs_trained_bundle_is_completed_by_the_reaper(tmp_path):
     run(cfg, JobContext(study="quick", output_dir=str(tmp_path / "job")))
     client = MlflowClient(uri)
     (job,) = runs_by_kind(client, "quick")["job"]
-    # Make it what a kill -9 during logging leaves: runs RUNNING, owned by a dead process,
-    # the replica runs without their metrics, the bundle not marked uploaded.
     dead = subprocess.Popen(["true"])
     dead.wait()
-    tracker = Tracker(uri, "quick")
-    for r in runs_by_kind(client, "quick")["replica"]:
-        client.delete_run(r.info.run_id)
-    tracker.log_batch(job.info.run_id, tags=process_tags(dead.pid) | {"mtl.pid_start": "1"})
+    Tracker(uri, "quick").log_batch(job.info.run_id, tags=process_tags(dead.pid))
     client.update_run(job.info.run_id, status="RUNNING")
-    Bundle.open(tmp_path / "job" / "bundle").update(state="trained")
+    Bundle.open(tmp_path / "job" / "bundle").update(state=bundle_state)
+    return cfg, client, job, dead.pid
+
+
+def test_a_dead_jobs_trained_bundle_is_completed_by_the_reaper(tmp_path):
+    """A job that died while logging (its results in its bundle, its runs RUNNING): the next
+    job in the experiment finds its process gone and completes the runs from the bundle."""
+    from experiments.train import JobContext, run
+
+    cfg, client, job, _ = _orphaned_job(tmp_path, "trained")
+    for r in runs_by_kind(client, "quick")["replica"]:  # as if killed before their metrics
+        client.delete_run(r.info.run_id)
     cfg.seed = 50
     run(cfg, JobContext(study="quick", output_dir=str(tmp_path / "next")))
     assert client.get_run(job.info.run_id).info.status == "FINISHED"
@@ -381,29 +387,15 @@ def test_the_analysis_ends_runs_of_dead_processes_killed(tmp_path):
     """A job killed mid-training on this host (no results in its bundle): the analysis finds
     its run RUNNING with its process gone and ends it KILLED before choosing a study."""
     from analysis.__main__ import main as analysis_main
-    from experiments.reaper import process_tags
-    from experiments.tracking import Tracker
-    from experiments.train import JobContext, run
-    from tests.experiments.conftest import compose_cfg
 
+    _, client, job, dead_pid = _orphaned_job(tmp_path, "training")
     uri = sqlite_uri(tmp_path)
-    cfg = compose_cfg("experiment=quick", f"tracking.uri={uri}", "trainer.progress=false",
-                      f"trainer.checkpoint_dir={tmp_path}/ckpt",
-                      "tracking.replica_figures=false")  # fmt: skip
-    run(cfg, JobContext(study="quick", output_dir=str(tmp_path / "job")))
-    client = MlflowClient(uri)
-    (job,) = runs_by_kind(client, "quick")["job"]
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    Tracker(uri, "quick").log_batch(job.info.run_id, tags=process_tags(dead.pid))
-    client.update_run(job.info.run_id, status="RUNNING")
-    Bundle.open(tmp_path / "job" / "bundle").update(state="training")
     args = ["--tracking-uri", uri, "--experiment", "quick", "--no-mlflow", "-q",
             "--out", str(tmp_path / "reports"), "--n-resamples", "1000"]  # fmt: skip
     assert analysis_main(args) == 2  # no FINISHED study left to analyse
     ended = client.get_run(job.info.run_id)
     assert ended.info.status == "KILLED"
-    assert f"process {dead.pid} on" in ended.data.tags["mtl.error"]
+    assert f"process {dead_pid} on" in ended.data.tags["mtl.error"]
 
 
 def test_a_corrupt_store_is_one_paragraph_before_training(tmp_path):
