@@ -336,8 +336,9 @@ def run(cfg: DictConfig, context: JobContext | None = None) -> float:
             earlier[0], job.config_hash, _seeds_tag(job.seeds), earlier[1],
         )  # fmt: skip
         return earlier[1]
-    bundle = _start(job)
+    bundle = None
     try:
+        bundle = _start(job)  # inside: a stop while the job run is being created ends it too
         t_train = time.perf_counter()
         result = _train(job)
         score = _save(job, bundle, result, t_train)
@@ -355,7 +356,7 @@ def run(cfg: DictConfig, context: JobContext | None = None) -> float:
 
 def _explain_failure(exc: BaseException, bundle: Any) -> None:
     """Remember where the job's results are, for the message of a store failure."""
-    if isinstance(exc, StoreUnavailable):
+    if isinstance(exc, StoreUnavailable) and bundle is not None:
         exc.bundle = bundle.path  # type: ignore[attr-defined]
         exc.trained = bundle.state != "training"  # type: ignore[attr-defined]
 
