@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="use every matching FINISHED study, not only the latest one",
     )
     sel.add_argument(
+        "--compare",
+        nargs="*",
+        metavar="STUDY_OR_RUN_ID",
+        help=(
+            "compare studies side by side instead: each item a study name (its latest FINISHED "
+            "run in --experiment, else in the experiment of that name, else anywhere) or a "
+            "sweep/job run id; no items: every FINISHED "
+            "study matching --experiment/--tag. One table, the difference of each to the exact "
+            "(model.tanh_grad=exact, else first) study, report.md, summary.json, one figure. "
+            "E.g. --compare report report_faithful"
+        ),
+    )
+    sel.add_argument(
         "--tracking-uri",
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/runs/mlflow.db)",
     )
@@ -145,6 +158,45 @@ def _run(args: argparse.Namespace, argv: list[str]) -> Analysis:
     return analyse(study, opts)
 
 
+def _run_compare(args: argparse.Namespace, argv: list[str]) -> Analysis:
+    """Check the settings, read every compared study, compare them."""
+    from analysis.collect import parse_tags
+    from analysis.compare import compare, select_studies
+    from analysis.report import check_options
+
+    if args.run_id or args.all:
+        raise AnalysisError(
+            "--compare takes its studies as arguments (study names or run ids), not --run-id "
+            "or --all: e.g. --compare report report_faithful, or --compare <id1> <id2>, or "
+            "--compare --experiment NAME for every FINISHED study in NAME."
+        )
+    opts = _options(args, argv)
+    check_options(opts)
+    studies = select_studies(
+        args.tracking_uri,
+        args.compare,
+        experiment=args.experiment,
+        tags=parse_tags(args.tag),
+        verbose=not args.quiet,
+    )
+    for study in studies:
+        for line in study.warnings():
+            print(f"minitorch-analysis: warning: {line}", file=sys.stderr)
+    return compare(studies, opts)
+
+
+def _print_comparison(result: Analysis) -> None:
+    s = result.summary
+    print(f"\nStudies compared (baseline: {s['baseline']}) and the report:\n")
+    print(result.table)
+    for row in s["rows"]:
+        if not row["baseline"]:
+            print(f"diff {row['label']}: {row['diff_to_baseline']['pairing']}")
+    if result.analysis_run_id:
+        print(f"MLflow analysis run: {result.analysis_run_id}")
+    print(f"report: {result.report_md}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input or an unusable store)."""
     args = build_parser().parse_args(argv)
@@ -154,10 +206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
         with bounded_store_calls():
-            result = _run(args, argv_list)
+            if args.compare is not None:
+                result = _run_compare(args, argv_list)
+            else:
+                result = _run(args, argv_list)
     except AnalysisError as e:
         print(f"minitorch-analysis: error: {e}", file=sys.stderr)
         return 2
+    if args.compare is not None:
+        _print_comparison(result)
+        if result.mlflow_error:
+            print(f"minitorch-analysis: error: {result.mlflow_error}", file=sys.stderr)
+            return 2
+        return 0
     c = result.summary["counts"]
     s = result.summary
     print(f"\nThis study ({s['study']}; {s['headline']}) vs the report:\n")

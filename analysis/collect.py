@@ -272,7 +272,9 @@ def select_top_runs(
         return [_run_by_id(client, run_id)], []
     tags = dict(tags or {})
     if experiment is None and not tags:
-        tags = {Tag.STUDY: "report"}  # the default: the latest report study
+        tags = {Tag.STUDY: "report"}  # the default: the latest report study,
+        if client.get_experiment_by_name("report") is not None:
+            experiment = "report"  # in its own experiment (not a lr check run with the preset)
     exp_ids = _experiment_ids(client, experiment)
     top = _top_level(client, exp_ids, tags)
     what = ", ".join(f"{k}={v}" for k, v in tags.items()) or "no tag filter"

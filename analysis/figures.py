@@ -317,3 +317,46 @@ def grid_curves_figure(curves: pd.DataFrame, configs: pd.DataFrame) -> Figure:
         frameon=False,
     )
     return fig
+
+
+def comparison_figure(
+    means: Sequence[tuple[str, np.ndarray, tuple[float, float]]],
+    diffs: Sequence[tuple[str, np.ndarray, tuple[float, float]]],
+    *,
+    reference: tuple[float, float],
+    baseline_mean: float,
+    method: str,
+    confidence: float,
+) -> Figure:
+    """Bootstrap distributions of each configuration's mean overlaid (left, the report's
+    interval shaded) and of each difference to the baseline (right, the gap to the report).
+    Each item: (label, distribution, interval), fractions; drawn in percent."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lo, hi = reference
+    axes[0].axvspan(lo, hi, color="0.6", alpha=0.35, lw=0, label="report's 99% interval")
+    gap = (lo - baseline_mean * 100, hi - baseline_mean * 100)
+    axes[1].axvspan(*gap, color="0.6", alpha=0.35, lw=0, label="report's interval - baseline")
+    axes[1].axvline(0, color="k", lw=1)
+    for ax, series, offset in ((axes[0], means, 0), (axes[1], diffs, 1)):
+        for i, (label, dist, interval) in enumerate(series):
+            color = colors[(i + offset) % len(colors)]
+            d = np.asarray(dist) * 100
+            if d.size > 1 and np.ptp(d) > 0:
+                ax.hist(d, bins=60, density=True, histtype="stepfilled", alpha=0.25, color=color)
+                ax.hist(d, bins=60, density=True, histtype="step", color=color, label=label)
+                for q in interval:
+                    ax.axvline(q * 100, color=color, ls="--", lw=1)
+            else:
+                ax.axvline(float(d.mean()) if d.size else 0.0, color=color, label=label)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_xlabel("mean final test accuracy (%)")
+    axes[1].set_xlabel("mean minus the baseline's mean (percentage points)")
+    axes[0].set_title("bootstrap distribution of the mean")
+    axes[1].set_title("difference to the baseline")
+    fig.suptitle(
+        f"Studies compared: {method} bootstrap, {confidence:.0%} {method} intervals dashed"
+    )
+    fig.tight_layout()
+    return fig

@@ -101,6 +101,7 @@ class StoreBuilder:
         sweep_status: str = "FINISHED",  # RUNNING leaves the sweep run open (a crash)
         sweep_jobs_file: bool = True,  # log sweep_jobs.json on the sweep run
         sweep_run_id: str | None = None,  # add the jobs to this sweep (a re-run) instead
+        params: Mapping[str, object] | None = None,  # extra config, e.g. model.tanh_grad
     ) -> Logged:
         """Log one study; ``accuracies[c][r]`` is replica r of config c's final test accuracy.
 
@@ -123,7 +124,10 @@ class StoreBuilder:
                 list(np.round(rng.normal(0.985 - 0.01 * c, 0.005, seeds).clip(0, 1), 3))
                 for c in range(len(configs))
             ]
-        cfgs = [_config(lr, bs, act, epochs, eval_every) for lr, bs, act in configs]
+        cfgs = [
+            {**_config(lr, bs, act, epochs, eval_every), **(params or {})}
+            for lr, bs, act in configs
+        ]
         hashes = [_hash(cfg) for cfg in cfgs]
         sweep_id = sweep_run_id
         if sweep and sweep_id is None:
