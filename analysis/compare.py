@@ -40,9 +40,10 @@ from analysis.report import (
     check_options,
     render_markdown,
     render_text,
+    report_dir,
     resample_size,
 )
-from analysis.store import repo_root, resolve_tracking_uri, store_error, store_errors
+from analysis.store import resolve_tracking_uri, store_error, store_errors
 from experiments.record_format import VERSION, Kind, Tag
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -418,17 +419,7 @@ def _summary(rows: list[Row], base: Row, studies: list[Study], opts: Options, na
 
 def _out_dir(opts: Options, rows: list[Row]) -> tuple[str, Path]:
     name = opts.name or "compare-" + "-".join(dict.fromkeys(r.run_id[:8] for r in rows))
-    if "/" in name or name in ("", ".", "..") or len(name) > 200:
-        raise AnalysisError(f"--name {name[:80]!r} must be a plain directory name (no '/').")
-    out_dir = (opts.out or repo_root() / "runs" / "reports") / name
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AnalysisError(
-            f"cannot write the comparison to {out_dir} ({e.strerror or e}); choose a writable "
-            "folder with --out DIR."
-        ) from None
-    return name, out_dir
+    return report_dir(name, opts, "comparison")
 
 
 def _log(studies: list[Study], out_dir: Path, opts: Options, name: str) -> str:

@@ -400,7 +400,12 @@ def _log_to_mlflow(study: Study, out_dir: Path, summary: dict, opts: Options, na
 def _out_dir(study: Study, opts: Options) -> tuple[str, Path]:
     """The report's name and folder, created now so that an unwritable --out fails first."""
     top_id = study.top_runs[0].info.run_id
-    name = opts.name or f"{study.study_name}-{top_id[:8]}"
+    return report_dir(opts.name or f"{study.study_name}-{top_id[:8]}", opts)
+
+
+def report_dir(name: str, opts: Options, what: str = "report") -> tuple[str, Path]:
+    """(name, folder) of a report under --out (default runs/reports), created now so that a
+    bad --name or an unwritable --out fails before any work."""
     if not name or "/" in name or name in (".", "..") or len(name) > 200:
         raise AnalysisError(
             f"--name {name[:80]!r} must be a plain directory name (no '/', at most 200 chars)."
@@ -410,7 +415,7 @@ def _out_dir(study: Study, opts: Options) -> tuple[str, Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AnalysisError(
-            f"cannot write the report to {out_dir} ({e.strerror or e}); choose a writable "
+            f"cannot write the {what} to {out_dir} ({e.strerror or e}); choose a writable "
             "folder with --out DIR."
         ) from None
     return name, out_dir

@@ -84,10 +84,10 @@ def reap(tracker: Any, say=log.info) -> list[tuple[str, str]]:
             gone[run.info.run_id] = (run, why)
     if not gone:
         return []
-    done: list[tuple[str, str]] = []
-    done += _finish_from_bundles(tracker, gone, say)
+    done = _finish_from_bundles(tracker, gone, say)
+    finished = {run_id for run_id, _ in done}
     for run_id, (run, why) in gone.items():
-        if run_id in {r for r, _ in done}:
+        if run_id in finished:
             continue
         kind = run.data.tags.get(Tag.KIND, "run")
         tracker.log_batch(run_id, tags={Tag.ERROR: f"{why} (found by the reaper)"})

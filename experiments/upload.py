@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from experiments.bundle import Bundle
 from experiments.config import flatten
+from experiments.errors import StoreUnavailable
 from experiments.record_format import Kind, Tag, replica_name, where
 from experiments.records import (
     Forked,
@@ -60,9 +61,9 @@ def _exists(tracker: Tracker, run_id: str | None) -> Any:
         return None
     try:
         run = tracker.call(tracker.client.get_run, run_id)
-    except Exception as exc:  # MlflowException RESOURCE_DOES_NOT_EXIST
-        if type(exc).__name__ == "StoreUnavailable":
-            raise
+    except StoreUnavailable:
+        raise
+    except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST
         return None
     return run if run.info.lifecycle_stage == "active" else None
 
