@@ -34,12 +34,29 @@ from analysis.store import (
     store_error,
     store_errors,
 )
-from experiments.record_format import CURVES, FINAL, VERSION, Artifact, Kind, Tag, where
+from experiments.record_format import (
+    CURVES,
+    DERIVED_PARAMS,
+    DIVERGED_EPOCH,
+    DIVERGED_METRIC,
+    FINAL,
+    STATS,
+    VERSION,
+    Artifact,
+    Kind,
+    Tag,
+    curve_metric,
+    metrics_v2,
+    params_v2,
+    where,
+)
 
 __all__ = ["Study", "load_study", "parse_tags", "repo_root", "resolve_tracking_uri"]
 
 CURVE_COLUMNS = CURVES
-FINAL_METRICS = tuple(FINAL.values())
+# DataFrame column -> the metric it holds (final/test_acc is column final_test_acc).
+FINAL_COLUMNS = {f"final_{curve}": FINAL[curve] for curve in CURVES}
+FINAL_METRICS = tuple(FINAL_COLUMNS)
 # The params that tell grid configurations apart (the report's grid search axes).
 GRID_AXES = ("optim.lr", "trainer.batch_size", "model.activations")
 _PAGE = 10_000
@@ -314,10 +331,17 @@ def _coerce(value: str) -> object:
     return value
 
 
+def _params(run: Run) -> dict[str, object]:
+    """params.<key> columns: the config's values (derived ones, acts and log10_lr, left out)."""
+    params = params_v2(run.data.params, run.data.tags.get(Tag.FORMAT))
+    return {f"params.{k}": _coerce(v) for k, v in sorted(params.items()) if k not in DERIVED_PARAMS}
+
+
 def _run_row(run: Run) -> dict[str, object]:
-    t, m = run.data.tags, run.data.metrics
+    t = run.data.tags
+    m = metrics_v2(run.data.metrics, t.get(Tag.FORMAT))
     diverged_tag = t.get(Tag.DIVERGED)
-    diverged = diverged_tag == "true" if diverged_tag is not None else m.get("diverged", 0.0) > 0
+    diverged = diverged_tag == "true" if diverged_tag is not None else m.get(DIVERGED_METRIC, 0) > 0
     row: dict[str, object] = {
         "run_id": run.info.run_id,
         "experiment_id": run.info.experiment_id,
@@ -328,20 +352,21 @@ def _run_row(run: Run) -> dict[str, object]:
         "error": t.get(Tag.ERROR, ""),
         "seed": _coerce(t[Tag.SEED]) if Tag.SEED in t else None,
         "diverged": bool(diverged),
-        "diverged_epoch": m.get("diverged_epoch", math.nan),
+        "diverged_epoch": m.get(DIVERGED_EPOCH, math.nan),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
         "artifact_uri": run.info.artifact_uri,
+        "format": t.get(Tag.FORMAT, "1"),
     }
-    for key in FINAL_METRICS:
-        row[key] = m.get(key, math.nan)
-    for key, value in sorted(run.data.params.items()):
-        row[f"params.{key}"] = _coerce(value)
+    for column, key in FINAL_COLUMNS.items():
+        row[column] = m.get(key, math.nan)
+    row.update(_params(run))
     return row
 
 
 def _job_row(run: Run) -> dict[str, object]:
-    t, m = run.data.tags, run.data.metrics
+    t = run.data.tags
+    m = metrics_v2(run.data.metrics, t.get(Tag.FORMAT))
     row: dict[str, object] = {
         "run_id": run.info.run_id,
         "sweep_run_id": t.get(Tag.SWEEP_RUN_ID, t.get(Tag.PARENT_RUN_ID, "")),
@@ -352,11 +377,10 @@ def _job_row(run: Run) -> dict[str, object]:
         "command": t.get(Tag.COMMAND, ""),
         "git_commit": t.get(Tag.GIT_COMMIT, ""),
         "git_dirty": t.get(Tag.GIT_DIRTY, ""),
-        "n_replicas": m.get("n_replicas", math.nan),
-        "n_diverged": m.get("n_diverged", math.nan),
+        "n_replicas": m.get(STATS["n_replicas"], math.nan),
+        "n_diverged": m.get(STATS["n_diverged"], math.nan),
     }
-    for key, value in sorted(run.data.params.items()):
-        row[f"params.{key}"] = _coerce(value)
+    row.update(_params(run))
     return row
 
 
@@ -434,10 +458,10 @@ def _curves_from_artifact(
     return df[["epoch", *CURVE_COLUMNS]]
 
 
-def _curves_from_metrics(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
+def _curves_from_metrics(client: MlflowClient, run_id: str, version: str) -> pd.DataFrame | None:
     cols = {}
     for key in CURVE_COLUMNS:
-        hist = client.get_metric_history(run_id, key)
+        hist = client.get_metric_history(run_id, curve_metric(key, version))
         if hist:
             cols[key] = pd.Series({h.step: h.value for h in hist})
     if not cols:
@@ -470,6 +494,7 @@ def load_curves(
 
     run_ids = list(runs["run_id"])
     uris = dict(zip(runs["run_id"], runs.get("artifact_uri", [""] * len(runs)), strict=True))
+    versions = dict(zip(runs["run_id"], runs.get("format", [VERSION] * len(runs)), strict=True))
     if workers is None:
         local = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
         workers = 1 if local else 8
@@ -477,7 +502,7 @@ def load_curves(
     def fetch(run_id: str, tmp: str) -> tuple[str, pd.DataFrame | None]:
         first, second = (
             (lambda: _curves_from_artifact(client, run_id, uris[run_id], tmp)),
-            (lambda: _curves_from_metrics(client, run_id)),
+            (lambda: _curves_from_metrics(client, run_id, versions[run_id])),
         )
         if source == "metrics":
             first, second = second, first

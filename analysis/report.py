@@ -129,7 +129,7 @@ def _axes(df: pd.DataFrame) -> pd.DataFrame:
     df["lr"] = df.get("params.optim.lr", np.nan)
     df["batch_size"] = df.get("params.trainer.batch_size", -1)
     df["activations"] = df.get("params.model.activations", "?")
-    df["activations"] = df["activations"].astype(str)
+    df["activations"] = df["activations"].astype(str).str.strip("[]")  # tanh,tanh,tanh
     return df
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("time_startup_s", "time_train_s", "time_eval_s", "time_logging_s")
+PARTS = ("time/startup_s", "time/train_s", "time/eval_s", "time/logging_s")
 FULL_EPOCHS, REPLICAS, N_TRAIN, N_TEST, EVAL_EVERY = 4000, 110, 1000, 1000, 10
 SIZES = (2, 25, 25, 25, 2)
 
@@ -87,12 +87,12 @@ def main() -> None:
         return max(r1[key] + slope * (x - x1), 0.0)
 
     est = {
-        "time_train_s": extrapolate("time_train_s", e1, e2, FULL_EPOCHS),
-        "time_eval_s": extrapolate("time_eval_s", e1, e2, FULL_EPOCHS),
-        "time_logging_s": extrapolate(
-            "time_logging_s", points[e1], points[e2], points[FULL_EPOCHS]
+        "time/train_s": extrapolate("time/train_s", e1, e2, FULL_EPOCHS),
+        "time/eval_s": extrapolate("time/eval_s", e1, e2, FULL_EPOCHS),
+        "time/logging_s": extrapolate(
+            "time/logging_s", points[e1], points[e2], points[FULL_EPOCHS]
         ),
-        "time_startup_s": (r1["time_startup_s"] + r2["time_startup_s"]) / 2,
+        "time/startup_s": (r1["time/startup_s"] + r2["time/startup_s"]) / 2,
         "process_s": (r1["process_s"] + r2["process_s"]) / 2,
     }
     est["wall_s"] = sum(est.values())
@@ -106,14 +106,14 @@ def main() -> None:
     head = f"{'part':<12}{f'{e1} ep (s)':>12}{f'{e2} ep (s)':>12}{'4000 est (s)':>14}{'share':>7}"
     print(head + ("  4000 measured (s)" if full_run else ""))
     for k in (
-        "time_train_s",
-        "time_eval_s",
-        "time_logging_s",
-        "time_startup_s",
+        "time/train_s",
+        "time/eval_s",
+        "time/logging_s",
+        "time/startup_s",
         "process_s",
         "wall_s",
     ):
-        name = k.removeprefix("time_").removesuffix("_s")
+        name = k.removeprefix("time/").removesuffix("_s")
         line = (
             f"{name:<12}{r1[k]:>12.2f}{r2[k]:>12.2f}{est[k]:>14.1f}"
             f"{100 * est[k] / est['wall_s']:>6.0f}%"
@@ -122,13 +122,13 @@ def main() -> None:
             line += f"{full_run[k]:>18.1f}"
         print(line)
     ref = full_run or est
-    overhead = ref["wall_s"] - ref["time_train_s"]
+    overhead = ref["wall_s"] - ref["time/train_s"]
     print(
         f"\neverything but training (eval + logging + start-up + process): {overhead:.1f} s "
         f"= {100 * overhead / ref['wall_s']:.0f}% of the {'measured' if full_run else 'estimated'}"
         f" wall time of {ref['wall_s']:.1f} s"
     )
-    gflops = training_flop(e2 - e1) / (r2["time_train_s"] - r1["time_train_s"]) / 1e9
+    gflops = training_flop(e2 - e1) / (r2["time/train_s"] - r1["time/train_s"]) / 1e9
     print(
         f"training arithmetic {training_flop(FULL_EPOCHS) / 1e12:.2f} TFLOP; achieved "
         f"{gflops:.0f} GFLOP/s = {100 * gflops / args.peak_gflops:.0f}% of the "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.record_format import Artifact, Kind, Tag, sweep_name, where
+from experiments.record_format import (
+    BEST,
+    JOBS_FINISHED,
+    N_JOBS,
+    STATS,
+    TEST_ACC_MEAN,
+    Artifact,
+    Kind,
+    Tag,
+    metrics_v2,
+    split_config,
+    sweep_name,
+    where,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,41 +150,94 @@ def _precheck_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
     return planned
 
 
-def _log_summary(tracker: Any, run_id: str) -> None:
-    """The sweep's jobs found in the store: how many, and the best by final mean test accuracy."""
+def _job_rows(jobs: list[Any]) -> list[dict[str, Any]]:
+    """The sweep's FINISHED jobs, best first, as the rows of jobs.csv (one per configuration:
+    the latest run of a job re-run under a resumed sweep)."""
+    latest: dict[str, Any] = {}
+    for j in sorted(jobs, key=lambda j: j.info.start_time or 0):
+        if j.info.status == "FINISHED":
+            latest[j.data.tags.get(Tag.CONFIG_HASH, j.info.run_id)] = j
+    rows = []
+    for j in latest.values():
+        m = metrics_v2(j.data.metrics, j.data.tags.get(Tag.FORMAT))
+        rows.append({
+            "job": j.data.tags.get(Tag.RUN_NAME, ""),
+            "mean": m.get(TEST_ACC_MEAN, math.nan),
+            **{k: m.get(STATS[k], math.nan) for k in ("test_acc_std", "test_acc_min",
+                                                      "test_acc_max", "n_replicas", "n_diverged")},
+            "overrides": j.data.tags.get(Tag.OVERRIDES, ""),
+            "run_id": j.info.run_id,
+        })  # fmt: skip
+    return sorted(rows, key=lambda r: -r["mean"] if r["mean"] == r["mean"] else math.inf)
+
+
+def _jobs_csv(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    columns = ["rank", "job", TEST_ACC_MEAN, "test_acc_std", "test_acc_min", "test_acc_max",
+               "n_replicas", "n_diverged", "overrides", "run_id"]  # fmt: skip
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(columns)
+    for rank, r in enumerate(rows, 1):
+        out.writerow([rank, r["job"], repr(r["mean"]), *(repr(r[c]) for c in columns[3:6]),
+                      int(r["n_replicas"]) if r["n_replicas"] == r["n_replicas"] else "",
+                      int(r["n_diverged"]) if r["n_diverged"] == r["n_diverged"] else "",
+                      r["overrides"], r["run_id"]])  # fmt: skip
+    return buf.getvalue()
+
+
+def _log_summary(tracker: Any, run_id: str, artifacts: bool = True) -> None:
+    """The sweep's jobs found in the store: how many finished (a growing line: step = count),
+    the best job's mean final test accuracy under its jobs' key, and (with `artifacts`) the
+    ranked jobs.csv and figures/jobs.png."""
     from mlflow.entities import Metric
 
     from experiments.tracking import now_ms
 
-    jobs = tracker.call(
-        tracker.client.search_runs,
-        [tracker.experiment_id],
-        filter_string=where(**{Tag.SWEEP_RUN_ID: run_id, Tag.KIND: Kind.JOB}),
-        max_results=10000,
-    )
-    done = [j for j in jobs if j.info.status == "FINISHED"]
+    jobs = tracker.find_runs(where(**{Tag.SWEEP_RUN_ID: run_id, Tag.KIND: Kind.JOB}))
     # A job re-run under a resumed sweep (killed, then finished) is one job.
     n_jobs = len({j.data.tags.get(Tag.CONFIG_HASH, j.info.run_id) for j in jobs})
-    n_done = len({j.data.tags.get(Tag.CONFIG_HASH, j.info.run_id) for j in done})
-    scored = [
-        j
-        for j in done
-        if j.data.metrics.get("test_acc_mean") == j.data.metrics.get("test_acc_mean")
-    ]
+    rows = _job_rows(jobs)
     ts = now_ms()
-    metrics = [
-        Metric("n_jobs", float(n_jobs), ts, 0),
-        Metric("n_jobs_finished", float(n_done), ts, 0),
-    ]
+    metrics = [Metric(N_JOBS, float(n_jobs), ts, 0),
+               Metric(JOBS_FINISHED, float(len(rows)), ts, len(rows))]  # fmt: skip
     tags = {}
+    scored = [r for r in rows if r["mean"] == r["mean"]]
     if scored:
-        best = max(scored, key=lambda j: j.data.metrics["test_acc_mean"])
-        metrics.append(Metric("best_test_acc_mean", best.data.metrics["test_acc_mean"], ts, 0))
-        tags = {
-            Tag.BEST_JOB_RUN_ID: best.info.run_id,
-            Tag.BEST_JOB_OVERRIDES: best.data.tags.get(Tag.OVERRIDES, ""),
-        }
+        best = scored[0]
+        metrics.append(Metric(BEST, best["mean"], ts, len(rows)))
+        tags = {Tag.BEST_JOB_RUN_ID: best["run_id"], Tag.BEST_JOB: best["job"],
+                Tag.BEST_JOB_OVERRIDES: best["overrides"]}  # fmt: skip
     tracker.log_batch(run_id, metrics, tags=tags)
+    if artifacts and rows:
+        _log_ranking(tracker, run_id, rows)
+
+
+def _log_ranking(tracker: Any, run_id: str, rows: list[dict[str, Any]]) -> None:
+    import tempfile
+
+    from experiments.plots import jobs_figure
+
+    run = tracker.call(tracker.client.get_run, run_id)
+    title = f"{run.data.tags.get(Tag.RUN_NAME, 'sweep')}: jobs by mean final test accuracy"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / Artifact.JOBS_CSV).write_text(_jobs_csv(rows))
+        points = [{"name": r["job"], "mean": r["mean"], "min": r["test_acc_min"],
+                   "max": r["test_acc_max"]} for r in rows]  # fmt: skip
+        jobs_figure(folder / Artifact.JOBS_FIGURE, points, title)
+        tracker.call(tracker.client.log_artifacts, run_id, str(folder))
+
+
+def sweep_progress(tracker: Any, sweep_run_id: str) -> None:
+    """A job of the sweep has finished: update the sweep run's count and best (never fails the
+    job: the sweep's end writes the summary again)."""
+    try:
+        _log_summary(tracker, sweep_run_id, artifacts=False)
+    except Exception as exc:
+        log.warning("could not update the sweep run %s: %s", sweep_run_id, exc)
 
 
 def _sweep_tags(config: DictConfig, sweep_dir: Path) -> dict[str, str]:
@@ -276,10 +343,16 @@ class MlflowSweepCallback(Callback):
         n_jobs = len(planned) if planned is not None else None
         name = sweep_name(tags[Tag.STUDY], n_jobs, list(swept))
         run_id = tracker.start_run(name, tags, heartbeat=True)
+        shared, cfg_tags = split_config(flatten(task))
         params = {f"sweep.{k}": v for k, v in swept.items()}
-        params.update({k: v for k, v in flatten(task).items() if k != "seed" and k not in swept})
-        n_jobs = str(len(planned)) if planned is not None else ""
-        tracker.log_batch(run_id, params=params, tags={Tag.N_JOBS: n_jobs})
+        derived = {
+            "log10_lr": {"optim.lr"},  # not the base config's value if it is swept
+            "acts": {"model.activations", "model.act1", "model.act2", "model.act3"},
+        }
+        params.update({k: v for k, v in shared.items()
+                       if k not in swept and not derived.get(k, set()) & set(swept)})  # fmt: skip
+        cfg_tags[Tag.N_JOBS] = str(len(planned)) if planned is not None else ""
+        tracker.log_batch(run_id, params=params, tags=cfg_tags)
         if planned is not None:
             text = json.dumps({"format": 1, "jobs": planned}, indent=1)
             tracker.call(tracker.client.log_text, run_id, text, Artifact.SWEEP_JOBS)

@@ -105,6 +105,7 @@ class TrackingConfig:
     server_timeout_s: float = 5.0  # how long an http(s) tracking server may take to answer
     retry_s: float = 60.0  # how long to wait out a store that fails, before giving up on it
     rerun: bool = False  # train again even if the same config and seeds already FINISHED
+    live_every_s: float = 5.0  # seconds between sends of a training job's mean curves (0: off)
 
 
 @dataclass
@@ -244,18 +245,22 @@ def validate(cfg: DictConfig) -> None:
         bad("tracking.server_timeout_s", tr.server_timeout_s, "a number of seconds > 0")
     if not 0 < tr.retry_s <= 3600:
         bad("tracking.retry_s", tr.retry_s, "a number of seconds in (0, 3600], e.g. 60")
+    if not 0 <= tr.live_every_s < float("inf"):
+        bad("tracking.live_every_s", tr.live_every_s, "a number of seconds >= 0 (0: off), e.g. 5")
     if problems:
         raise ConfigError("\n\n".join(problems))
 
 
-def _flat_value(value: Any) -> str:
+def _flat_value(value: Any, brackets: bool) -> str:
     if isinstance(value, (list, tuple, ListConfig)):
-        return ",".join(_flat_value(v) for v in value)
+        inner = ",".join(_flat_value(v, brackets) for v in value)
+        return f"[{inner}]" if brackets else inner
     return "None" if value is None else str(value)
 
 
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as dotted keys and string values; lists joined by commas."""
+def flatten(cfg: DictConfig, brackets: bool = True) -> dict[str, str]:
+    """The resolved config as dotted keys and string values; lists as the command line writes
+    them, ``[tanh,relu]`` (``tanh,relu`` with brackets=False, as the config hash has them)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, str] = {}
 
@@ -267,7 +272,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
             if isinstance(value, dict):
                 walk(value, f"{dotted}.")
             elif dotted not in SHORTHAND_KEYS:
-                out[dotted] = _flat_value(value)
+                out[dotted] = _flat_value(value, brackets)
 
     walk(container, "")
     return out
@@ -276,7 +281,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 def config_hash(cfg: DictConfig) -> str:
     """sha256[:12] of what the job computes: the config without seed, replicas, tracking.* and
     the execution keys (threads, workers, progress), so the same model shares one hash."""
-    flat = flatten(cfg)
+    flat = flatten(cfg, brackets=False)  # the spelling of format 1: hashes stay as they were
     kept = {
         k: v
         for k, v in flat.items()

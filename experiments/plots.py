@@ -114,3 +114,78 @@ class ReplicaFigures:
             100 * curves["test_acc"][r],
             label,
         )
+
+
+def _band(ax, x, values: np.ndarray, color: str, label: str, seeds: bool) -> None:
+    """Mean (over the replicas alive at each point), a mean +- sd band and, if `seeds`,
+    every replica as a faint line."""
+    import warnings
+
+    with warnings.catch_warnings():  # a point where every replica is NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        sd = np.nanstd(values, axis=0) if values.shape[0] > 1 else np.zeros_like(mean)
+    if seeds:
+        alpha = max(0.04, min(0.3, 4.0 / max(values.shape[0], 1)))
+        ax.plot(x, values.T, color=color, lw=0.5, alpha=alpha)
+    ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.2, lw=0)
+    ax.plot(x, mean, color=color, lw=1.6, label=label)
+
+
+def job_figure(
+    path: Path,
+    curves: dict[str, np.ndarray],
+    title: str,
+    loss_name: str = "loss",
+    dpi: int = 80,
+) -> None:
+    """A job at a glance: loss and accuracy against epochs, train and test, each as the mean
+    over the replicas with a mean +- sd band, and every replica's test curve as a faint line."""
+    x = curves["epoch"]
+    fig = Figure(figsize=(10.0, 3.6), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.085, right=0.985, bottom=0.15, top=0.86, wspace=0.25)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, kind, scale in ((loss_ax, "loss", 1.0), (acc_ax, "acc", 100.0)):
+        _band(ax, x, scale * curves[f"train_{kind}"], "C0", "train: mean, ±sd", seeds=False)
+        _band(ax, x, scale * curves[f"test_{kind}"], "C1", "test: mean, ±sd, seeds", seeds=True)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel(f"{loss_name} (log scale)")
+    loss_ax.legend(loc="upper right")
+    acc = 100 * np.concatenate([curves["train_acc"].ravel(), curves["test_acc"].ravel()])
+    lo, hi = _limits(acc[-max(acc.size // 2, 1) :], log=False, floor=100.0)
+    acc_ax.set_ylim(max(lo, 0.0), min(hi, 100.5))
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.legend(loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+
+
+def jobs_figure(path: Path, rows: list[dict], title: str, dpi: int = 80) -> None:
+    """A sweep's jobs ranked by mean final test accuracy: one row each (best at the top), the
+    mean as a dot and min..max over its seeds as a line. `rows`: name, mean, min, max."""
+    rows = [r for r in rows if r["mean"] == r["mean"]]
+    n = max(len(rows), 1)
+    height = 1.3 + 0.19 * n
+    fig = Figure(figsize=(8.0, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.62 / height, top=1 - 0.5 / height)
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))[::-1]
+    means = np.array([100 * r["mean"] for r in rows])
+    lo = np.array([100 * r["min"] for r in rows])
+    hi = np.array([100 * r["max"] for r in rows])
+    ax.hlines(y, lo, hi, color="0.6", lw=1.2, label="min..max over seeds")
+    ax.plot(means, y, "o", color="C1", ms=4, label="mean")
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("final test accuracy (%)")
+    ax.grid(axis="x", alpha=0.3)
+    if rows:
+        ax.legend(loc="best", fontsize=7)
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")

@@ -1,9 +1,10 @@
 """What a job writes to MLflow: one run per replica and the job's aggregate, from a TrainResult.
 
-Replica run: params = flattened config + its own seed; metrics = the four curves (step =
-epoch), their final values, diverged, diverged_epoch; artifacts = config.yaml, curves.csv,
-weights.pt, figures/loss.png, figures/accuracy.png. Job run: mean/std/min/max of the final
-test accuracy over the replicas that did not diverge, n_replicas, n_diverged, mean curves.
+The names are record_format's. Replica run: the four curves (step = epoch), final/<curve>,
+final/diverged, final/diverged_epoch; artifacts config.yaml, curves.csv, weights.pt and two
+figures. Job run: the mean curves (over the replicas not diverged at each epoch), stats/ of the
+final test accuracy over the replicas that did not diverge, n_replicas, n_diverged; artifacts
+replicas.csv (each seed's finals) and figures/curves.png (means, bands and seeds).
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ from mlflow.entities import Metric
 
 from experiments.plots import ReplicaFigures
 from experiments.processes import init_worker
-from experiments.record_format import CURVES, Artifact
+from experiments.record_format import (
+    ACCURACIES,
+    CURVE_METRIC,
+    CURVES,
+    DIVERGED_EPOCH,
+    DIVERGED_METRIC,
+    FINAL,
+    MEAN,
+    STATS,
+    TEST_ACC_MEAN,
+    Artifact,
+)
 from experiments.training import TrainResult
 
 
@@ -49,31 +61,63 @@ def replica_metrics(
     epochs = [int(e) for e in curves["epoch"]]
     last = epochs[-1]
     out = [
-        Metric(key, float(v), ts, e)
+        Metric(CURVE_METRIC[key], float(v), ts, e)
         for key in CURVES
         for e, v in zip(epochs, curves[key][r].tolist(), strict=True)
     ]
-    out += [Metric(f"final_{key}", float(curves[key][r][-1]), ts, last) for key in CURVES]
-    out.append(Metric("diverged", float(bool(result.diverged[r])), ts, last))
-    out.append(Metric("diverged_epoch", float(int(result.diverged_epoch[r])), ts, last))
+    out += [Metric(FINAL[key], float(curves[key][r][-1]), ts, last) for key in CURVES]
+    out.append(Metric(DIVERGED_METRIC, float(bool(result.diverged[r])), ts, last))
+    out.append(Metric(DIVERGED_EPOCH, float(int(result.diverged_epoch[r])), ts, last))
     return out
 
 
-def job_metrics(curves: Mapping[str, np.ndarray], result: TrainResult, ts: int) -> list[Metric]:
-    """Aggregate over replicas: final test accuracy stats over the non-diverged ones, and the
-    mean curves (step = epoch) so the UI can overlay the jobs of a sweep."""
+def mean_curves(curves: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> dict:
+    """Each curve's mean over the replicas not diverged at that epoch (NaN where none is).
+    An accuracy's mean is the exact fraction of all points counted: sum of k / (R n), for
+    `sizes` {"train_acc": n_train, "test_acc": n_test}."""
+    out = {}
+    for key in CURVES:
+        values = np.asarray(curves[key], dtype=np.float64)
+        alive = np.isfinite(values).sum(axis=0)
+        if key in ACCURACIES and sizes.get(key):
+            n = int(sizes[key])
+            total = np.round(np.nansum(values * n, axis=0))
+            out[key] = np.where(alive > 0, total / np.maximum(alive * n, 1), np.nan)
+        else:
+            total = np.nansum(values, axis=0)
+            out[key] = np.where(alive > 0, total / np.maximum(alive, 1), np.nan)
+    return out
+
+
+def mean_metrics(
+    epochs: list[int], means: Mapping[str, np.ndarray], ts: int, skip: Mapping[str, set] = {}
+) -> list[Metric]:
+    """The job run's mean curves as metrics, leaving out the steps in `skip` (key -> steps
+    already stored, e.g. sent while the job trained)."""
+    return [
+        Metric(MEAN[key], float(v), ts, e)
+        for key in CURVES
+        for e, v in zip(epochs, means[key].tolist(), strict=True)
+        if e not in skip.get(MEAN[key], ())
+    ]
+
+
+def job_metrics(
+    curves: Mapping[str, np.ndarray],
+    result: TrainResult,
+    ts: int,
+    sizes: Mapping[str, int],
+    skip: Mapping[str, set] = {},
+) -> list[Metric]:
+    """Aggregate over replicas: the mean curves (step = epoch) so the UI can overlay the jobs of
+    a sweep, and stats of the final test accuracy over the replicas that did not diverge."""
     ok = ~result.diverged.numpy()
     epochs = [int(e) for e in curves["epoch"]]
-    last = epochs[-1]
+    means = mean_curves(curves, sizes)
+    out = mean_metrics(epochs, means, ts, skip)
+    out.append(Metric(TEST_ACC_MEAN, float(means["test_acc"][-1]), ts, epochs[-1]))
     final = curves["test_acc"][ok, -1]
     nan = float("nan")
-    out = []
-    for key in CURVES:
-        mean = curves[key][ok].mean(axis=0) if ok.any() else np.full(len(epochs), nan)
-        out += [
-            Metric(f"{key}_mean", float(v), ts, e)
-            for e, v in zip(epochs, mean.tolist(), strict=True)
-        ]
     stats = {
         "test_acc_std": float(final.std(ddof=1))
         if final.size > 1
@@ -83,14 +127,30 @@ def job_metrics(curves: Mapping[str, np.ndarray], result: TrainResult, ts: int) 
         "n_replicas": float(len(result.seeds)),
         "n_diverged": float(int(result.diverged.sum())),
     }
-    out += [Metric(k, v, ts, last) for k, v in stats.items()]
+    out += [Metric(STATS[k], v, ts, epochs[-1]) for k, v in stats.items()]
     return out
 
 
-def final_test_acc_mean(result: TrainResult) -> float:
-    """The value a sweeper optimises: mean final test accuracy of the non-diverged replicas."""
+def replicas_csv(curves: Mapping[str, np.ndarray], result: TrainResult) -> str:
+    """The job's seeds and their final metrics, one row each, in seed order."""
+    lines = ["seed," + ",".join(CURVES) + ",diverged,diverged_epoch"]
+    for r, seed in enumerate(result.seeds):
+        finals = ",".join(repr(float(curves[k][r][-1])) for k in CURVES)
+        div = bool(result.diverged[r])
+        lines.append(f"{seed},{finals},{str(div).lower()},{int(result.diverged_epoch[r])}")
+    return "\n".join(lines) + "\n"
+
+
+def final_test_acc_mean(result: TrainResult, n_test: int | None = None) -> float:
+    """The value a sweeper optimises: mean final test accuracy of the non-diverged replicas
+    (with n_test, the exact fraction of test points counted, as the job run stores it)."""
     ok = ~result.diverged
-    return float(result.test_acc[ok, -1].mean()) if bool(ok.any()) else math.nan
+    if not bool(ok.any()):
+        return math.nan
+    final = result.test_acc[ok, -1].double()
+    if n_test:
+        return float(torch.round(final * n_test).sum()) / (int(ok.sum()) * n_test)
+    return float(final.mean())
 
 
 def replica_yaml_writer(config_yaml: str) -> Callable[[int], str]:

@@ -248,7 +248,9 @@ def ensure_experiment(client: MlflowClient, name: str, location: str | None) -> 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=location)
+            experiment_id = client.create_experiment(name, artifact_location=location)
+            add_views(client, experiment_id, {})
+            return experiment_id
         except MlflowException as exc:
             exp = client.get_experiment_by_name(name)  # a parallel job created it first?
             if exp is None:
@@ -260,7 +262,21 @@ def ensure_experiment(client: MlflowClient, name: str, location: str | None) -> 
                 ) from None
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    add_views(client, exp.experiment_id, exp.tags)
     return exp.experiment_id
+
+
+def add_views(client: MlflowClient, experiment_id: str, tags: dict[str, str] | None) -> None:
+    """The UI's ready-made views (experiments/ui_views.py), unless the experiment has them (a
+    view the user changed is left alone)."""
+    from experiments.ui_views import view_tags
+
+    try:
+        for key, value in view_tags().items():
+            if key not in (tags or {}):
+                client.set_experiment_tag(experiment_id, key, value)
+    except Exception as exc:  # a read-only store, say: the views are a convenience
+        log.debug("the UI's views were not added to experiment %s: %s", experiment_id, exc)
 
 
 def now_ms() -> int:

@@ -38,7 +38,16 @@ from experiments.config import (  # noqa: E402
     validate,
 )
 from experiments.errors import StoreUnavailable  # noqa: E402
-from experiments.record_format import Kind, Tag, job_name, where  # noqa: E402
+from experiments.record_format import (  # noqa: E402
+    STATS,
+    TEST_ACC_MEAN,
+    Kind,
+    Tag,
+    job_name,
+    metrics_v2,
+    split_config,
+    where,
+)
 
 # torch, MLflow and the training loop are imported in `run`, after the config is checked:
 # a refused config then costs a fraction of a second instead of seconds of imports.
@@ -186,8 +195,9 @@ def _finished_before(job: Job) -> tuple[str, float] | None:
     flt = where(**{Tag.KIND: Kind.JOB, Tag.CONFIG_HASH: job.config_hash, Tag.SEEDS: seeds},
                 status="FINISHED")  # fmt: skip
     for run in job.tracker.find_runs(flt, max_results=20):
-        if int(run.data.metrics.get("n_replicas", -1)) == len(job.seeds):
-            return run.info.run_id, float(run.data.metrics.get("test_acc_mean", math.nan))
+        metrics = metrics_v2(run.data.metrics, run.data.tags.get(Tag.FORMAT))
+        if int(metrics.get(STATS["n_replicas"], -1)) == len(job.seeds):
+            return run.info.run_id, float(metrics.get(TEST_ACC_MEAN, math.nan))
     return None
 
 
@@ -250,8 +260,8 @@ def _start(job: Job) -> Any:
         heartbeat=True,
     )
     bundle.update(job_run_id=run_id)
-    flat = flatten(job.cfg)
-    job.tracker.log_batch(run_id, params={k: v for k, v in flat.items() if k != "seed"})
+    params, cfg_tags = split_config(flatten(job.cfg))
+    job.tracker.log_batch(run_id, params=params, tags=cfg_tags)
     log.info(
         "MLflow: %s, experiment %r, job run %s; training %d replicas (seeds %s); bundle %s",
         job.tracker.uri,
@@ -261,36 +271,59 @@ def _start(job: Job) -> Any:
         _seeds_tag(job.seeds),
         bundle.path,
     )
+    if job.tracker.uri.startswith(("http://", "https://")) and job.ctx.job_num in (None, 0):
+        from experiments.ui_views import runs_url
+
+        log.info(
+            "MLflow UI, the jobs view: %s", runs_url(job.tracker.uri, job.tracker.experiment_id)
+        )
     return bundle
 
 
-def _train(job: Job) -> Any:
-    """Train the replicas (resuming from a checkpoint of an earlier attempt if there is one)."""
-    from experiments.training import Checkpointing, train_replicas
+def _train(job: Job, bundle: Any) -> Any:
+    """Train the replicas (resuming from a checkpoint of an earlier attempt if there is one),
+    sending the mean curves to the job run as they grow."""
+    from experiments.live import LiveSender
+    from experiments.training import Checkpointing, LiveCurves, eval_epochs_for, train_replicas
+    from experiments.upload import sizes_of
 
     cfg = job.cfg
     label = f"job #{job.ctx.job_num}" if job.ctx.job_num is not None else job.ctx.study
-    progress = Progress(cfg.trainer.epochs, label, cfg.trainer.progress)
+    bar = Progress(cfg.trainer.epochs, label, cfg.trainer.progress)
     every = cfg.trainer.checkpoint_every
-    result = train_replicas(
-        job.seeds,
-        hidden=list(cfg.model.hidden),
-        activations=list(cfg.model.activations),
-        init=cfg.model.init,
-        loss=cfg.model.loss,
-        lr=cfg.optim.lr,
-        batch_size=cfg.trainer.batch_size,
-        epochs=cfg.trainer.epochs,
-        eval_every=cfg.trainer.eval_every,
-        n_train=cfg.data.n_train,
-        n_test=cfg.data.n_test,
-        encoding=cfg.data.encoding,
-        workers=cfg.trainer.workers,
-        progress=progress,
-        checkpoint=Checkpointing(job.checkpoint_folder, every) if every > 0 else None,
-        tanh_grad=cfg.model.tanh_grad,
-    )
-    progress.close()
+    epochs = eval_epochs_for(cfg.trainer.epochs, cfg.trainer.eval_every).tolist()
+    live = LiveCurves.create(len(job.seeds), len(epochs))
+    sender = LiveSender(job.tracker.client, bundle.manifest["job_run_id"], live, epochs,
+                        sizes_of(cfg), cfg.tracking.live_every_s)  # fmt: skip
+
+    def progress(epoch: int) -> None:
+        bar(epoch)
+        sender.start()  # here: after the workers were forked
+
+    try:
+        result = train_replicas(
+            job.seeds,
+            hidden=list(cfg.model.hidden),
+            activations=list(cfg.model.activations),
+            init=cfg.model.init,
+            loss=cfg.model.loss,
+            lr=cfg.optim.lr,
+            batch_size=cfg.trainer.batch_size,
+            epochs=cfg.trainer.epochs,
+            eval_every=cfg.trainer.eval_every,
+            n_train=cfg.data.n_train,
+            n_test=cfg.data.n_test,
+            encoding=cfg.data.encoding,
+            workers=cfg.trainer.workers,
+            progress=progress,
+            checkpoint=Checkpointing(job.checkpoint_folder, every) if every > 0 else None,
+            tanh_grad=cfg.model.tanh_grad,
+            live=live,
+        )
+    finally:
+        sender.stop()
+        bar.close()
+    result.timings["live"] = sender.seconds
     return result
 
 
@@ -300,16 +333,17 @@ def _save(job: Job, bundle: Any, result: Any, t_train: float) -> float:
     from experiments.tracking import now_ms
 
     t_saved = time.perf_counter()
-    timings = {
-        "time_startup_s": t_train - job.t_start,
-        "time_train_s": result.timings.get("train", math.nan),
-        "time_eval_s": result.timings.get("eval", math.nan),
-        "time_data_s": result.timings.get("data", math.nan),
-        "time_training_wall_s": t_saved - t_train,
+    timings = {  # seconds by part: time/<part>_s on the job run
+        "startup": t_train - job.t_start,
+        "train": result.timings.get("train", math.nan),
+        "eval": result.timings.get("eval", math.nan),
+        "data": result.timings.get("data", math.nan),
+        "training_wall": t_saved - t_train,
+        "live": result.timings.get("live", 0.0),  # sending the growing curves, in a thread
     }
-    score = final_test_acc_mean(result)
+    score = final_test_acc_mean(result, job.cfg.data.n_test)
     bundle.update(logged_ms=now_ms())
-    timings["time_total_s"] = time.perf_counter() - job.t_start  # the upload adds its own
+    timings["total"] = time.perf_counter() - job.t_start  # the upload adds its own
     bundle.save_result(result, timings, score)
     return score
 
@@ -340,7 +374,7 @@ def run(cfg: DictConfig, context: JobContext | None = None) -> float:
     try:
         bundle = _start(job)  # inside: a stop while the job run is being created ends it too
         t_train = time.perf_counter()
-        result = _train(job)
+        result = _train(job, bundle)
         score = _save(job, bundle, result, t_train)
         with bundle.locked():
             report = upload(bundle, job.tracker)
@@ -350,7 +384,9 @@ def run(cfg: DictConfig, context: JobContext | None = None) -> float:
         _explain_failure(exc, bundle)
         raise
     clear_checkpoints(job.checkpoint_folder)
-    _log_done(job, result, score, report.timings.get("time_logging_s", math.nan))
+    if ctx.sweep_run_id:
+        callbacks.sweep_progress(job.tracker, ctx.sweep_run_id)
+    _log_done(job, result, score, report.timings.get("logging", math.nan))
     return score
 
 

@@ -93,6 +93,23 @@ class Checkpointing:
 
 
 @dataclass(frozen=True)
+class LiveCurves:
+    """The evaluation points of every replica, in memory shared with the worker processes, so
+    the job's process can send progress while the shards train (experiments/live.py)."""
+
+    metrics: Tensor  # [4, R, E] float64: train loss, test loss, train acc, test acc; NaN at first
+    done: Tensor  # [R] int64: evaluation points written so far, per replica
+
+    @staticmethod
+    def create(n_replicas: int, n_points: int) -> LiveCurves:
+        metrics = torch.full((4, n_replicas, n_points), float("nan"), dtype=torch.float64)
+        return LiveCurves(metrics.share_memory_(), torch.zeros(n_replicas, dtype=torch.int64))
+
+    def __post_init__(self) -> None:
+        self.done.share_memory_()
+
+
+@dataclass(frozen=True)
 class _Settings:
     """What every shard of a job trains with, besides its seeds and learning rates."""
 
@@ -164,6 +181,7 @@ def train_replicas(
     progress: Callable[[int], None] | None = None,
     checkpoint: Checkpointing | None = None,
     tanh_grad: str = "exact",
+    live: LiveCurves | None = None,
 ) -> TrainResult:
     """Train one model per seed, all at once through the replica axis.
 
@@ -173,6 +191,8 @@ def train_replicas(
     saves its state every `checkpoint.every` epochs and at the end, and resumes from a saved
     state of the same settings; `clear_checkpoints` removes them once the results are safe.
     `tanh_grad` is Tanh's derivative in every kernel: "exact" or the report's ("report").
+    With `live` (LiveCurves.create(len(seeds), n_points)), every evaluation is also written
+    there as it happens, from whichever process trains the replica.
     """
     seeds = [int(s) for s in seeds]
     settings = _Settings(
@@ -209,8 +229,10 @@ def train_replicas(
         sizes = (IN_FEATURES, *settings.hidden, OUT_FEATURES)
         mt.native.load(sizes, settings.activations, loss, tanh_grad)
     if workers == 1:
-        return _train_shard(seeds, rates, settings, progress=progress, checkpoint=checkpoint)
-    return _train_sharded(shards, settings, progress, checkpoint)
+        return _train_shard(
+            seeds, rates, settings, progress=progress, checkpoint=checkpoint, live=(live, 0)
+        )
+    return _train_sharded(shards, settings, progress, checkpoint, live)
 
 
 def _check_settings(seeds: list[int], s: _Settings) -> None:
@@ -253,8 +275,10 @@ def _train_sharded(
     settings: _Settings,
     progress: Callable[[int], None] | None,
     checkpoint: Checkpointing | None,
+    live: LiveCurves | None = None,
 ) -> TrainResult:
     """This process trains the first shard while forked workers train the others."""
+    offsets = [sum(len(s) for s, _ in shards[:i]) for i in range(len(shards))]
     # fork: no re-import of the caller's modules; each child uses one thread (set in the shard)
     # and is killed by the kernel if this process dies (init_worker).
     ctx = multiprocessing.get_context("fork")
@@ -267,12 +291,21 @@ def _train_sharded(
     with pool:
         try:
             futures = [
-                pool.submit(_train_shard, s, r, settings, threads=1, checkpoint=checkpoint)
-                for s, r in shards[1:]
+                pool.submit(
+                    _train_shard,
+                    s,
+                    r,
+                    settings,
+                    threads=1,
+                    checkpoint=checkpoint,
+                    live=(live, off),
+                )  # fmt: skip
+                for (s, r), off in zip(shards[1:], offsets[1:], strict=True)
             ]
             first = _train_shard(
-                *shards[0], settings, threads=1, progress=progress, checkpoint=checkpoint
-            )
+                *shards[0], settings, threads=1, progress=progress, checkpoint=checkpoint,
+                live=(live, 0),
+            )  # fmt: skip
             parts = [first] + [f.result() for f in futures]
         except BaseException:
             # Failed, interrupted or told to stop (a signal handler raising): the other shards'
@@ -290,9 +323,11 @@ def _train_shard(
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
     checkpoint: Checkpointing | None = None,
+    live: tuple[LiveCurves | None, int] = (None, 0),
 ) -> TrainResult:
     """One process's share of the replicas, under its thread budget (`threads`, or torch's
-    current count); torch's thread count is as before when it returns."""
+    current count); torch's thread count is as before when it returns. `live`: where its
+    evaluations are shared, and the index of its first replica there."""
     before = torch.get_num_threads()
     budget = threads if threads is not None else before
     try:
@@ -300,7 +335,7 @@ def _train_shard(
         # The fused step's backward products may run in numpy's OpenBLAS: give it torch's
         # thread budget, or it would start one thread per core in every worker and launcher job.
         with threadpool_limits(limits=budget, user_api="blas"):
-            return _train_shard_body(seeds, rates, settings, budget, progress, checkpoint)
+            return _train_shard_body(seeds, rates, settings, budget, progress, checkpoint, live)
     finally:
         torch.set_num_threads(before)
 
@@ -326,6 +361,7 @@ class _Shard:
     next_eval: int = 0  # index in points of the next evaluation
     resumed_from: int = 0  # epoch of the checkpoint this process started from
     timings: dict[str, float] = field(default_factory=dict)
+    live: tuple[LiveCurves | None, int] = (None, 0)  # shared evaluations, first replica there
 
 
 def _build_shard(seeds: list[int], rates: Tensor, s: _Settings, threads: int) -> _Shard:
@@ -368,9 +404,11 @@ def _train_shard_body(
     threads: int,
     progress: Callable[[int], None] | None,
     checkpoint: Checkpointing | None,
+    live: tuple[LiveCurves | None, int] = (None, 0),
 ) -> TrainResult:
     t0 = time.perf_counter()
     shard = _build_shard(seeds, rates, s, threads)
+    shard.live = live
     if shard.fused.native:
         # The kernel has the thread budget; the loop's small torch ops run on one thread, so
         # that no idle OpenMP thread spins beside the kernel's (_train_shard restores it).
@@ -381,6 +419,7 @@ def _train_shard_body(
         # The fingerprint holds the rates as given: the shard's own change when replicas diverge.
         saver = _ShardCheckpoint(checkpoint, seeds, _fingerprint(seeds, rates, s))
         saver.resume(shard)
+        _share(shard, 0)
     if shard.next_eval == 0:
         _evaluate_next(shard)
     _train_epochs(shard, s, progress, saver)
@@ -450,7 +489,18 @@ def _evaluate_next(shard: _Shard) -> None:
     if shard.diverged.any():
         shard.metrics[:, shard.diverged, k] = float("nan")
     shard.next_eval = k + 1
+    _share(shard, k)
     shard.timings["eval"] += time.perf_counter() - t
+
+
+def _share(shard: _Shard, first: int) -> None:
+    """Copy the evaluation points from index `first` on to the shared LiveCurves, if any."""
+    live, offset = shard.live
+    if live is None or shard.next_eval <= first:
+        return
+    rows = slice(offset, offset + len(shard.seeds))
+    live.metrics[:, rows, first : shard.next_eval] = shard.metrics[:, :, first : shard.next_eval]
+    live.done[rows] = shard.next_eval
 
 
 def _result_of(shard: _Shard) -> TrainResult:

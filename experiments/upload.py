@@ -19,13 +19,23 @@ from omegaconf import OmegaConf
 from experiments.bundle import Bundle
 from experiments.config import flatten
 from experiments.errors import StoreUnavailable
-from experiments.record_format import Kind, Tag, replica_name, where
+from experiments.record_format import (
+    MEAN,
+    Artifact,
+    Kind,
+    Tag,
+    replica_name,
+    split_config,
+    time_key,
+    where,
+)
 from experiments.records import (
     Forked,
     curves_of,
     job_metrics,
     replica_metrics,
     replica_yaml_writer,
+    replicas_csv,
     write_replica_folders,
 )
 from experiments.tracking import Tracker, now_ms
@@ -107,11 +117,12 @@ def _replica_runs(bundle: Bundle, tracker: Tracker) -> dict[int, Any]:
 
 
 def _new_replica_runs(
-    bundle: Bundle, tracker: Tracker, result: Any, seeds: list[int], job_run_id: str
+    bundle: Bundle, tracker: Tracker, result: Any, seeds: list[int], job_run_id: str, cfg: Any
 ) -> list[str]:
     m = bundle.manifest
     tags = {
         **m["tags"],
+        **split_config(flatten(cfg), seed=0)[1],  # how it ran (threads, tracking.*, replicas)
         **job_run_tags(bundle),
         Tag.KIND: Kind.REPLICA,
         Tag.JOB_RUN_ID: job_run_id,
@@ -143,14 +154,14 @@ def _fill_replicas(
     curves = curves_of(result)
     index = {s: r for r, s in enumerate(result.seeds)}
     ts = int(bundle.manifest["logged_ms"])
-    params = flatten(cfg)
+    flat = flatten(cfg)
     writer = Forked(lambda: _artifacts(bundle, tracker, result, todo, cfg))
     try:
         bulk = tracker.bulk_log(
             {
                 run_id: (
                     replica_metrics(curves, result, index[seed], ts),
-                    {**params, "seed": str(seed)},
+                    split_config(flat, seed=seed)[0],
                 )
                 for seed, run_id in todo.items()
             }
@@ -191,22 +202,67 @@ def _artifacts(
     return t_files + time.perf_counter() - t0, t_fig
 
 
+def sizes_of(cfg: Any) -> dict[str, int]:
+    """The number of points each accuracy counts (its exact fractions are k / n)."""
+    return {"train_acc": int(cfg.data.n_train), "test_acc": int(cfg.data.n_test)}
+
+
+def _stored_steps(tracker: Tracker, run_id: str) -> dict[str, set[int]]:
+    """The mean-curve steps the job run has already (sent while it trained)."""
+    history = tracker.client.get_metric_history
+    return {key: {m.step for m in tracker.call(history, run_id, key)} for key in MEAN.values()}
+
+
+def job_folder(bundle: Bundle, result: Any, cfg: Any) -> Any:
+    """The job run's own artifacts in the bundle (replicas.csv, figures/curves.png), made once."""
+    from experiments.plots import job_figure
+
+    folder = bundle.path / "job"
+    if not folder.is_dir():
+        tmp = bundle.path / ".job.tmp"
+        tmp.mkdir(exist_ok=True)
+        curves = curves_of(result)
+        (tmp / Artifact.REPLICAS_CSV).write_text(replicas_csv(curves, result))
+        n_div = int(result.diverged.sum())
+        title = f"{bundle.manifest['name']}: {len(result.seeds)} seeds" + (
+            f", {n_div} diverged" if n_div else ""
+        )
+        loss = f"{str(cfg.model.loss).upper()} loss"
+        job_figure(tmp / Artifact.JOB_FIGURE, curves, title, loss, int(cfg.tracking.figure_dpi))
+        tmp.rename(folder)
+    return folder
+
+
+def _part(name: str) -> str:
+    """A timing's part name; bundles of format 1 named them time_<part>_s."""
+    return name[5:-2] if name.startswith("time_") and name.endswith("_s") else name
+
+
+def _time_metrics(job_timings: dict, upload_timings: dict, ts: int, step: int) -> list[Metric]:
+    """time/<part>_s metrics: the job's parts and the upload's; the total includes both."""
+    times = {_part(k): float(v) for k, v in job_timings.items()}
+    times.update(upload_timings)
+    times["total"] = times.get("total", 0.0) + upload_timings.get("logging", 0.0)
+    return [Metric(time_key(part), seconds, ts, step) for part, seconds in times.items()]
+
+
 def _finish_job(
     bundle: Bundle, tracker: Tracker, job_run: Any, result: Any, job: dict, report: UploadReport
 ) -> None:
-    """The job run's params, aggregate metrics, timings and config.yaml; then FINISHED."""
+    """The job run's params, aggregate metrics, timings and artifacts; then FINISHED."""
     run_id = job_run.info.run_id
     cfg = OmegaConf.load(bundle.path / "config.yaml")
     ts = int(bundle.manifest["logged_ms"])
     last = int(result.eval_epochs[-1])
-    metrics = job_metrics(curves_of(result), result, ts)
-    values = {**job.get("timings", {}), **report.timings}
-    values["time_total_s"] = values.get("time_total_s", 0.0) + report.timings["time_logging_s"]
-    metrics += [Metric(k, float(v), ts, last) for k, v in values.items()]
-    params = {k: v for k, v in flatten(cfg).items() if k != "seed"}
-    tags = {Tag.BULK_INSERT: str(report.bulk)} if report.run_ids else None
+    skip = _stored_steps(tracker, run_id)
+    metrics = job_metrics(curves_of(result), result, ts, sizes_of(cfg), skip)
+    metrics += _time_metrics(job.get("timings", {}), report.timings, ts, last)
+    params, tags = split_config(flatten(cfg))
+    if report.run_ids:
+        tags[Tag.BULK_INSERT] = str(report.bulk)
     tracker.log_batch(run_id, metrics, params, tags)
     tracker.call(tracker.client.log_artifact, run_id, str(bundle.path / "config.yaml"))
+    tracker.call(tracker.client.log_artifacts, run_id, str(job_folder(bundle, result, cfg)))
     if Tag.ERROR in job_run.data.tags:  # ended KILLED or FAILED while logging, now complete
         tracker.call(tracker.client.delete_tag, run_id, Tag.ERROR)
     tracker.end_run(run_id, "FINISHED")
@@ -227,7 +283,7 @@ def upload(bundle: Bundle, tracker: Tracker) -> UploadReport:
     todo = {s: r.info.run_id for s, r in by_seed.items() if r.info.status != "FINISHED"}
     report.already = len(by_seed) - len(todo)
     if missing:
-        created = _new_replica_runs(bundle, tracker, result, missing, job_run_id)
+        created = _new_replica_runs(bundle, tracker, result, missing, job_run_id, cfg)
         todo.update(zip(missing, created, strict=True))
         report.created = len(created)
     ids = {str(s): r.info.run_id for s, r in by_seed.items()} | {str(s): r for s, r in todo.items()}
@@ -238,9 +294,9 @@ def upload(bundle: Bundle, tracker: Tracker) -> UploadReport:
         report.bulk, split = _fill_replicas(bundle, tracker, result, todo, cfg)
         report.run_ids += list(todo.values())
     if job_run.info.status != "FINISHED" or report.run_ids:
-        times = {f"time_logging_{k}_s": v for k, v in split.items()}
-        times["time_logging_create_s"] = t1 - t0
-        times["time_logging_s"] = time.perf_counter() - t0
+        times = {f"logging_{k}": v for k, v in split.items()}
+        times["logging_create"] = t1 - t0
+        times["logging"] = time.perf_counter() - t0
         report.timings = times
         _finish_job(bundle, tracker, job_run, result, job, report)
         report.run_ids.append(job_run_id)

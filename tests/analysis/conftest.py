@@ -15,7 +15,16 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from experiments.record_format import FINAL, VERSION, Artifact, Kind, Tag
+from experiments.record_format import (
+    CURVE_METRIC,
+    DIVERGED_EPOCH,
+    DIVERGED_METRIC,
+    FINAL,
+    VERSION,
+    Artifact,
+    Kind,
+    Tag,
+)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -34,8 +43,8 @@ class Logged:
 
 def _config(lr: float, batch_size: int, activations: str, epochs: int, eval_every: int) -> dict:
     return {
-        "model.hidden": "25,25,25",
-        "model.activations": activations,
+        "model.hidden": "[25,25,25]",
+        "model.activations": f"[{activations}]",
         "model.init": "torch",
         "model.loss": "mse",
         "optim.lr": lr,
@@ -217,7 +226,7 @@ class StoreBuilder:
         final = curve.iloc[-1]
         ts = _ms(0)
         metrics = [
-            Metric(k, float(row[k]), ts, int(row["epoch"]))
+            Metric(CURVE_METRIC[k], float(row[k]), ts, int(row["epoch"]))
             for _, row in curve.iterrows()
             for k in ("train_loss", "test_loss", "train_acc", "test_acc")
         ]
@@ -226,8 +235,8 @@ class StoreBuilder:
             for k in ("train_loss", "test_loss", "train_acc", "test_acc")
         ]
         metrics += [
-            Metric("diverged", float(is_div), ts, 0),
-            Metric("diverged_epoch", float(cfg["trainer.epochs"] // 2 if is_div else -1), ts, 0),
+            Metric(DIVERGED_METRIC, float(is_div), ts, 0),
+            Metric(DIVERGED_EPOCH, float(cfg["trainer.epochs"] // 2 if is_div else -1), ts, 0),
         ]
         params = [Param(k, str(v)) for k, v in {**cfg, "replicas": seeds}.items()]
         params.append(Param("seed", str(seed)))

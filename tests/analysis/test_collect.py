@@ -21,7 +21,7 @@ def test_dataframe_matches_logged_runs(store) -> None:
     assert list(runs["diverged"]) == [False, False, False, False, True]
     assert runs["params.optim.lr"].iloc[0] == pytest.approx(0.01)
     assert runs["params.trainer.batch_size"].iloc[0] == 25
-    assert runs["params.model.activations"].iloc[0] == "tanh,tanh,tanh"
+    assert runs["params.model.activations"].iloc[0] == "[tanh,tanh,tanh]"
     assert set(runs["job_run_id"]) == {logged.job_run_ids[0]}
     counts = study.counts()
     assert counts["replica_runs"] == 5

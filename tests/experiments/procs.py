@@ -83,22 +83,42 @@ class App:
             self.proc.wait(timeout=5)
 
 
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a sqlite store; can be stopped and started again on
-    the same port and store. Stopped by its process group."""
+class ServerExited(AssertionError):
+    """The server process ended while it was being waited for."""
 
-    def __init__(self, root: Path) -> None:
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a sqlite store (or `backend_uri`); can be stopped and
+    started again on the same port and store. Stopped by its process group. With
+    `serve_artifacts`, the server stores and serves the artifacts itself (clients get
+    `mlflow-artifacts:` URIs) in root/art."""
+
+    def __init__(
+        self, root: Path, *, backend_uri: str | None = None, serve_artifacts: bool = False
+    ) -> None:
         self.root, self.port = root, free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend_uri = backend_uri or f"sqlite:///{root}/srv.db"
+        self.serve_artifacts = serve_artifacts
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"server{self.starts}.log"
+
     def start(self, timeout: float = 90) -> str:
+        """Start the server and wait for /health; a server that exits meanwhile fails at once
+        (ServerExited, with its output), not after `timeout`."""
         self.starts += 1
-        log = open(self.root / f"server{self.starts}.log", "w")  # noqa: SIM115
+        log = open(self.log_path, "w")  # noqa: SIM115
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-               "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root}/srv.db",
-               "--default-artifact-root", str(self.root / "art"), "--workers", "1"]  # fmt: skip
+               "--port", str(self.port), "--backend-store-uri", self.backend_uri,
+               "--workers", "1"]  # fmt: skip
+        if self.serve_artifacts:
+            cmd += ["--serve-artifacts", "--artifacts-destination", str(self.root / "art")]
+        else:
+            cmd += ["--default-artifact-root", str(self.root / "art")]
         # Job execution off: the default server stalls on keep-alive requests.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(
@@ -107,15 +127,33 @@ class MlflowServer:
         log.close()
         deadline = time.monotonic() + timeout
         while True:
-            assert self.proc.poll() is None, (self.root / f"server{self.starts}.log").read_text()
+            self._check_running()
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
                     if r.status == 200:
                         return self.uri
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"mlflow server did not start in {timeout} s"
+            self._check_running()
+            assert time.monotonic() < deadline, (
+                f"mlflow server did not start in {timeout} s; its output:\n{self._output()}"
+            )
             time.sleep(0.3)
+
+    def _output(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text()[-chars:]
+        except OSError:
+            return "(no output)"
+
+    def _check_running(self) -> None:
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is not None:
+            raise ServerExited(
+                f"mlflow server exited with code {code} while starting "
+                f"({' '.join(map(str, self.proc.args))}); its output:\n{self._output()}"
+            )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:

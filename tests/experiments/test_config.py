@@ -80,14 +80,16 @@ def test_slurm_launcher_preset_composes():
 def test_per_layer_activation_overrides_fill_the_list():
     cfg = compose_cfg("model.act1=relu", "model.act3=sigmoid")
     assert list(cfg.model.activations) == ["relu", "tanh", "sigmoid"]
-    assert flatten(cfg)["model.activations"] == "relu,tanh,sigmoid"
+    assert flatten(cfg)["model.activations"] == "[relu,tanh,sigmoid]"  # as an override writes it
     assert "model.act1" not in flatten(cfg)
 
 
 def test_flatten_and_hash():
     cfg = compose_cfg("experiment=quick")
     flat = flatten(cfg)
-    assert flat["model.hidden"] == "25,25,25" and flat["optim.lr"] == "0.01"
+    assert flat["model.hidden"] == "[25,25,25]" and flat["optim.lr"] == "0.01"
+    # the hash reads lists as format 1 spelled them, so hashes did not change with format 2
+    assert flatten(cfg, brackets=False)["model.hidden"] == "25,25,25"
     assert flat["seed"] == "0" and flat["replicas"] == "3"
     # Seed, replicas, threads and tracking do not change the hash; the model does.
     same = compose_cfg(

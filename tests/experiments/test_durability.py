@@ -56,7 +56,7 @@ def _finals(client: MlflowClient, experiment: str) -> dict[int, dict[str, float]
     """seed -> final metrics of the FINISHED replica runs."""
     reps = runs_by_kind(client, experiment).get("replica", [])
     return {
-        int(r.data.tags["mtl.seed"]): {k: r.data.metrics[f"final_{k}"] for k in CURVES}
+        int(r.data.tags["mtl.seed"]): {k: r.data.metrics[f"final/{k}"] for k in CURVES}
         for r in reps
         if r.info.status == "FINISHED"
     }
@@ -179,7 +179,7 @@ def test_server_killed_during_training_then_restarted_and_synced(tmp_path):
         assert [j.info.status for j in kinds["job"]] == ["FINISHED"]
         assert sorted(int(r.data.tags["mtl.seed"]) for r in kinds["replica"]) == list(range(20))
         assert {r.info.status for r in kinds["replica"]} == {"FINISHED"}
-        history = client.get_metric_history(kinds["replica"][0].info.run_id, "test_acc")
+        history = client.get_metric_history(kinds["replica"][0].info.run_id, "curves/test_acc")
         assert sorted(m.step for m in history) == list(range(0, 3001, 100))
         second = _sync(str(tmp_path / "hydra"), "--tracking-uri", uri)
         assert second.returncode == 0 and second.stdout.startswith("already there:")
@@ -224,7 +224,7 @@ def test_disk_full_at_logging_keeps_the_bundle_and_sync_completes(tmp_path):
         assert len(kinds["replica"]) == 20 and {r.info.status for r in kinds["replica"]} == {
             "FINISHED"
         }
-        history = client.get_metric_history(kinds["replica"][3].info.run_id, "train_loss")
+        history = client.get_metric_history(kinds["replica"][3].info.run_id, "curves/train_loss")
         assert len({m.step for m in history}) == 401
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -281,7 +281,7 @@ def test_a_sweep_killed_in_its_third_job_continues_under_the_same_sweep_run(tmp_
     assert [s.info.run_id for s in kinds["sweep"]] == [sweep_run.info.run_id]
     resumed = client.get_run(sweep_run.info.run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["mtl.resumed"] == "1"
-    assert resumed.data.metrics["n_jobs"] == resumed.data.metrics["n_jobs_finished"] == 4
+    assert resumed.data.metrics["stats/n_jobs"] == resumed.data.metrics["jobs_finished"] == 4
     finished = [j for j in kinds["job"] if j.info.status == "FINISHED"]
     assert sorted(j.data.params["optim.lr"] for j in finished) == ["0.01", "0.02", "0.03", "0.04"]
     assert sorted(j.info.run_name for j in finished) == [f"j{i} lr0.0{i + 1}" for i in range(4)]
@@ -336,7 +336,7 @@ def test_a_dead_jobs_trained_bundle_is_completed_by_the_reaper(tmp_path):
     kinds = runs_by_kind(client, "quick")
     mine = [r for r in kinds["replica"] if r.data.tags["mtl.job_run_id"] == job.info.run_id]
     assert [r.info.status for r in mine] == ["FINISHED"] * 3
-    finals = [r.data.metrics["final_test_acc"] for r in mine]
+    finals = [r.data.metrics["final/test_acc"] for r in mine]
     assert client.get_run(job.info.run_id).data.metrics["test_acc_mean"] == pytest.approx(
         np.mean(finals)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from pathlib import Path
@@ -15,13 +16,24 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from experiments import record_format, records, training
+from experiments.record_format import (
+    CURVE_METRIC,
+    CURVES,
+    DIVERGED_EPOCH,
+    DIVERGED_METRIC,
+    FINAL,
+    MEAN,
+    STATS,
+    TEST_ACC_MEAN,
+    time_key,
+)
 from experiments.tracking import Tracker, retry
 from experiments.train import JobContext, Progress, run
 from tests.experiments.conftest import compose_cfg, run_app, runs_by_kind, sqlite_uri
 
-CURVES = ["train_loss", "test_loss", "train_acc", "test_acc"]
-REPLICA_METRICS = sorted(CURVES + [f"final_{k}" for k in CURVES] + ["diverged", "diverged_epoch"])
+REPLICA_METRICS = sorted([*CURVE_METRIC.values(), *FINAL.values(), DIVERGED_METRIC, DIVERGED_EPOCH])
 ARTIFACTS = ["config.yaml", "curves.csv", "figures/accuracy.png", "figures/loss.png", "weights.pt"]
+# Params are what the run computes; how it ran is in mtl.cfg.* tags.
 PARAMS = {
     "model.hidden",
     "model.activations",
@@ -37,21 +49,26 @@ PARAMS = {
     "trainer.epochs",
     "trainer.batch_size",
     "trainer.eval_every",
-    "trainer.threads",
-    "trainer.workers",
-    "trainer.progress",
-    "trainer.checkpoint_every",
-    "trainer.checkpoint_dir",
-    "tracking.uri",
-    "tracking.experiment",
-    "tracking.replica_figures",
-    "tracking.replica_weights",
-    "tracking.figure_dpi",
-    "tracking.server_timeout_s",
-    "tracking.retry_s",
-    "tracking.rerun",
-    "seed",
-    "replicas",
+    "acts",
+    "log10_lr",
+}
+EXECUTION_TAGS = {
+    f"mtl.cfg.{k}"
+    for k in (
+        "trainer.threads",
+        "trainer.workers",
+        "trainer.progress",
+        "trainer.checkpoint_every",
+        "trainer.checkpoint_dir",
+        "tracking.uri",
+        "tracking.experiment",
+        "tracking.replica_figures",
+        "tracking.replica_weights",
+        "tracking.figure_dpi",
+        "tracking.server_timeout_s",
+        "tracking.retry_s",
+        "tracking.rerun",
+    )
 }
 
 
@@ -95,16 +112,31 @@ def test_quick_run_logs_exactly_the_described_runs(tmp_path):
     assert job.data.tags["mtl.torch_threads"] == "1"
     assert len(job.data.tags["mtl.git_commit"]) in (40, len("unknown"))
     assert "mtl.sweep_run_id" not in job.data.tags and "mlflow.parentRunId" not in job.data.tags
-    assert set(job.data.params) == PARAMS - {"seed"}
-    finals = [r.data.metrics["final_test_acc"] for r in replicas]
-    assert job.data.metrics["test_acc_mean"] == pytest.approx(np.mean(finals))
-    assert job.data.metrics["test_acc_std"] == pytest.approx(np.std(finals, ddof=1))
-    assert job.data.metrics["test_acc_min"] == min(finals)
-    assert job.data.metrics["test_acc_max"] == max(finals)
-    assert (job.data.metrics["n_replicas"], job.data.metrics["n_diverged"]) == (3, 0)
-    for key in ("time_train_s", "time_eval_s", "time_logging_s", "time_startup_s"):
-        assert job.data.metrics[key] >= 0
-    assert _artifacts(client, job.info.run_id) == ["config.yaml"]
+    assert set(job.data.params) == PARAMS | {"replicas"}
+    assert set(job.data.tags) >= EXECUTION_TAGS
+    assert job.data.params["model.activations"] == "[tanh,tanh,tanh]"
+    assert (job.data.params["acts"], job.data.params["log10_lr"]) == ("TTT", "-2")
+    finals = [r.data.metrics[FINAL["test_acc"]] for r in replicas]
+    # exact fractions k / n_test: the mean is the total count over all points, no float noise
+    n_test = int(job.data.params["data.n_test"])
+    assert all(round(f * n_test) / n_test == f for f in finals)
+    assert job.data.metrics[TEST_ACC_MEAN] == round(sum(finals) * n_test) / (3 * n_test)
+    assert job.data.metrics[STATS["test_acc_std"]] == pytest.approx(np.std(finals, ddof=1))
+    assert job.data.metrics[STATS["test_acc_min"]] == min(finals)
+    assert job.data.metrics[STATS["test_acc_max"]] == max(finals)
+    assert (job.data.metrics[STATS["n_replicas"]], job.data.metrics[STATS["n_diverged"]]) == (3, 0)
+    for part in ("train", "eval", "logging", "startup", "total"):
+        assert job.data.metrics[time_key(part)] >= 0
+    assert [k for k in job.data.metrics if "/" not in k] == [TEST_ACC_MEAN]  # the sort key
+    assert job.data.metrics[TEST_ACC_MEAN] == job.data.metrics[MEAN["test_acc"]]
+    assert _artifacts(client, job.info.run_id) == ["config.yaml", "figures/curves.png",
+                                                   "replicas.csv"]  # fmt: skip
+    table = Path(client.download_artifacts(job.info.run_id, "replicas.csv", str(tmp_path)))
+    rows = [line.split(",") for line in table.read_text().splitlines()]
+    assert rows[0] == ["seed", *CURVES, "diverged", "diverged_epoch"]
+    assert [(int(r[0]), float(r[4]), r[5]) for r in rows[1:]] == [
+        (i, f, "false") for i, f in enumerate(finals)
+    ]
 
     for seed, rep in enumerate(replicas):
         assert rep.info.status == "FINISHED"
@@ -116,14 +148,15 @@ def test_quick_run_logs_exactly_the_described_runs(tmp_path):
             "false",
         )
         assert tags["mtl.config_hash"] == job.data.tags["mtl.config_hash"]
-        assert set(rep.data.params) == PARAMS
-        assert rep.data.params["model.activations"] == "tanh,tanh,tanh"
+        assert set(rep.data.params) == PARAMS | {"seed"}
+        assert EXECUTION_TAGS | {"mtl.cfg.replicas"} <= set(tags)
+        assert rep.data.params["model.activations"] == "[tanh,tanh,tanh]"
         assert sorted(rep.data.metrics) == REPLICA_METRICS
         assert _artifacts(client, rep.info.run_id) == ARTIFACTS
-        histories = {k: client.get_metric_history(rep.info.run_id, k) for k in CURVES}
+        histories = {k: client.get_metric_history(rep.info.run_id, CURVE_METRIC[k]) for k in CURVES}
         for key, history in histories.items():
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 5, 10, 15, 20]
-            assert rep.data.metrics[f"final_{key}"] == rep.data.metrics[key]
+            assert rep.data.metrics[FINAL[key]] == rep.data.metrics[CURVE_METRIC[key]]
         # curves.csv holds the same numbers at full precision
         path = client.download_artifacts(rep.info.run_id, "curves.csv", str(tmp_path))
         table = np.loadtxt(path, delimiter=",", skiprows=1)
@@ -169,16 +202,17 @@ def test_one_diverging_replica_leaves_the_others_intact(tmp_path, monkeypatch):
     kinds = runs_by_kind(client, "diverging")
     bad = {r.data.tags["mtl.seed"]: r for r in kinds["replica"]}
     assert bad["1"].data.tags["mtl.diverged"] == "true"
-    assert bad["1"].data.metrics["diverged"] == 1 and bad["1"].data.metrics["diverged_epoch"] > 0
-    assert math.isnan(bad["1"].data.metrics["final_test_acc"])
+    assert bad["1"].data.metrics[DIVERGED_METRIC] == 1
+    assert bad["1"].data.metrics[DIVERGED_EPOCH] > 0
+    assert math.isnan(bad["1"].data.metrics[FINAL["test_acc"]])
     for seed in ("0", "2"):
         assert bad[seed].data.tags["mtl.diverged"] == "false"
         for key in REPLICA_METRICS:
             assert bad[seed].data.metrics[key] == normal[seed].data.metrics[key], key
     (job,) = kinds["job"]
-    assert job.info.status == "FINISHED" and job.data.metrics["n_diverged"] == 1
-    mean = np.mean([bad[s].data.metrics["final_test_acc"] for s in ("0", "2")])
-    assert job.data.metrics["test_acc_mean"] == pytest.approx(mean) == pytest.approx(score)
+    assert job.info.status == "FINISHED" and job.data.metrics[STATS["n_diverged"]] == 1
+    mean = np.mean([bad[s].data.metrics[FINAL["test_acc"]] for s in ("0", "2")])
+    assert job.data.metrics[TEST_ACC_MEAN] == pytest.approx(mean) == score
 
 
 def _statuses(client: MlflowClient, experiment: str = "quick") -> dict[str, list[str]]:
@@ -338,3 +372,34 @@ def test_tracking_uri_precedence_and_artifact_location(monkeypatch, tmp_path):
     assert artifact_location("http://127.0.0.1:5000", "report") is None
     monkeypatch.chdir(tmp_path)
     assert resolve_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path}/rel/x.db"
+
+
+def test_live_progress_sends_the_mean_curves_while_training_and_nothing_twice(tmp_path):
+    """The job run's mean curves grow while it trains (sent from a thread); the upload adds
+    only the steps not sent, with the same values, so each epoch appears once."""
+    _, client = _in_process(
+        tmp_path, "trainer.epochs=600", "trainer.eval_every=5", "trainer.workers=2",
+        "tracking.live_every_s=0.02", "tracking.replica_figures=false",
+    )  # fmt: skip
+    kinds = runs_by_kind(client, "quick")
+    (job,) = kinds["job"]
+    logged_ms = json.loads(Path(job.data.tags["mtl.bundle"], "bundle.json").read_text())[
+        "logged_ms"
+    ]
+    replicas = kinds["replica"]
+    for key in CURVES:
+        history = client.get_metric_history(job.info.run_id, MEAN[key])
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(0, 601, 5)), key  # every point, none twice
+        live = [m for m in history if m.timestamp < logged_ms]
+        assert live, f"{key}_mean: no point was sent while the job trained"
+        per_seed = [
+            {m.step: m.value for m in client.get_metric_history(r.info.run_id, CURVE_METRIC[key])}
+            for r in replicas
+        ]
+        # accuracies: the exact fraction of all points, k / (3 n)
+        n = int(job.data.params[f"data.n_{key[:-4]}"]) if key.endswith("acc") else None
+        for m in history:
+            values = [h[m.step] for h in per_seed]
+            want = round(sum(values) * n) / (3 * n) if n else np.mean(values)
+            assert m.value == pytest.approx(want, rel=1e-12, abs=1e-15), (key, m.step)

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from experiments.record_format import (
+    DIVERGED_METRIC,
+    FINAL,
     NAME_LENGTH,
+    STATS,
+    TEST_ACC_MEAN,
+    VERSION,
     Kind,
     Tag,
     job_name,
+    metrics_v2,
+    params_v2,
     replica_name,
+    split_config,
     sweep_name,
+    time_key,
     where,
 )
 
@@ -42,3 +51,29 @@ def test_where_builds_mlflow_filters_with_quoted_values():
     assert where(**{Tag.KIND: Kind.JOB}) == "tags.`mtl.kind` = 'job'"
     flt = where(**{Tag.STUDY: "it's"}, status="FINISHED")
     assert flt == "tags.`mtl.study` = 'it\\'s' and attributes.status = 'FINISHED'"
+
+
+def test_params_hold_the_science_and_tags_how_it_ran():
+    flat = {"model.activations": "[tanh,tanh,relu]", "optim.lr": "0.003", "seed": "4",
+            "replicas": "10", "trainer.batch_size": "10", "trainer.threads": "2",
+            "tracking.uri": "sqlite:///x.db"}  # fmt: skip
+    params, tags = split_config(flat)
+    assert params == {"model.activations": "[tanh,tanh,relu]", "optim.lr": "0.003",
+                      "replicas": "10", "trainer.batch_size": "10", "acts": "TTR",
+                      "log10_lr": "-2.52"}  # fmt: skip
+    assert tags == {"mtl.cfg.trainer.threads": "2", "mtl.cfg.tracking.uri": "sqlite:///x.db"}
+    params, tags = split_config(flat, seed=7)  # a replica run: its seed; replicas is a tag
+    assert params["seed"] == "7" and "replicas" not in params
+    assert tags["mtl.cfg.replicas"] == "10"
+
+
+def test_format_1_runs_read_under_format_2_names():
+    v1 = {"final_test_acc": 0.98, "diverged": 0.0, "test_acc_std": 0.01, "time_train_s": 3.0,
+          "test_acc_mean": 0.97, "best_test_acc_mean": 0.99}  # fmt: skip
+    assert metrics_v2(v1, "1") == {
+        FINAL["test_acc"]: 0.98, DIVERGED_METRIC: 0.0, STATS["test_acc_std"]: 0.01,
+        "time_train_s": 3.0, time_key("train"): 3.0, TEST_ACC_MEAN: 0.99,
+    }  # fmt: skip
+    assert metrics_v2({"x": 1.0}, VERSION) == {"x": 1.0}
+    assert params_v2({"model.activations": "tanh,relu", "optim.lr": "0.1"}, None) == {
+        "model.activations": "[tanh,relu]", "optim.lr": "0.1"}  # fmt: skip

@@ -35,8 +35,8 @@ def test_multirun_against_a_tracking_server(tmp_path, server):
     client = MlflowClient(server)
     check_sweep(client, "quick", {lr: {"optim.lr": lr} for lr in ("0.01", "0.02")}, replicas=2)
     replica = runs_by_kind(client, "quick")["replica"][0]
-    assert replica.data.params["tracking.uri"] == server
-    assert replica.data.metrics["final_test_acc"] == replica.data.metrics["test_acc"]
+    assert replica.data.tags["mtl.cfg.tracking.uri"] == server
+    assert replica.data.metrics["final/test_acc"] == replica.data.metrics["curves/test_acc"]
     names = {a.path for a in client.list_artifacts(replica.info.run_id)}
     assert names == {"config.yaml", "curves.csv", "weights.pt", "figures"}
     job = runs_by_kind(client, "quick")["job"][0]

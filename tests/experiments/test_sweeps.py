@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
+from tempfile import mkdtemp
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from experiments.record_format import JOBS_FINISHED, N_JOBS, TEST_ACC_MEAN
 from tests.experiments.conftest import REPO, app_args, run_app, runs_by_kind, sqlite_uri
 
 FAST = ("experiment=quick", "tracking.replica_figures=false", "trainer.epochs=10")
@@ -26,10 +30,22 @@ def check_sweep(
     (sweep,) = kinds["sweep"]
     sweep_id = sweep.info.run_id
     assert sweep.info.status == "FINISHED"
-    assert sweep.data.metrics["n_jobs"] == sweep.data.metrics["n_jobs_finished"] == len(jobs)
-    assert sweep.data.metrics["best_test_acc_mean"] == max(
-        j.data.metrics["test_acc_mean"] for j in kinds["job"]
+    assert sweep.data.metrics[N_JOBS] == sweep.data.metrics[JOBS_FINISHED] == len(jobs)
+    top = max(j.data.metrics[TEST_ACC_MEAN] for j in kinds["job"])
+    (best,) = [j for j in kinds["job"] if j.info.run_id == sweep.data.tags["mtl.best_job_run_id"]]
+    assert sweep.data.metrics[TEST_ACC_MEAN] == best.data.metrics[TEST_ACC_MEAN] == top
+    assert sweep.data.tags["mtl.best_job"] == best.data.tags["mlflow.runName"]
+    # the finished count grows as jobs end (each job updates it; parallel jobs may both see 3)
+    grown = sorted({m.step for m in client.get_metric_history(sweep_id, JOBS_FINISHED)})
+    assert set(grown) <= set(range(1, len(jobs) + 1)) and grown[-1] == len(jobs)
+    assert len(grown) > 1 or len(jobs) == 1
+    ranking = Path(client.download_artifacts(sweep_id, "jobs.csv", dst_path=mkdtemp()))
+    rows = list(csv.DictReader(ranking.open()))
+    assert rows[0]["run_id"] == best.info.run_id and len(rows) == len(jobs)
+    assert [float(r[TEST_ACC_MEAN]) for r in rows] == sorted(
+        (j.data.metrics[TEST_ACC_MEAN] for j in kinds["job"]), reverse=True
     )
+    assert "figures" in {a.path for a in client.list_artifacts(sweep_id)}
     assert len(kinds["job"]) == len(jobs)
     seen = set()
     for job in kinds["job"]:
@@ -51,7 +67,7 @@ def check_sweep(
             assert r.info.status == "FINISHED"
             assert r.data.tags["mtl.sweep_run_id"] == sweep_id
             assert all(r.data.params[k] == job.data.params[k] for k in jobs[matching[0]])
-            assert len(client.get_metric_history(r.info.run_id, "test_acc")) == 3
+            assert len(client.get_metric_history(r.info.run_id, "curves/test_acc")) == 3
     assert seen == set(jobs)
     assert len(kinds["replica"]) == len(jobs) * replicas
 
@@ -80,7 +96,7 @@ def test_joblib_launcher_multirun_per_layer_activations(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     jobs = {
-        f"{a1},tanh,{a3}": {"model.activations": f"{a1},tanh,{a3}"}
+        f"{a1},tanh,{a3}": {"model.activations": f"[{a1},tanh,{a3}]"}
         for a1 in ("tanh", "relu")
         for a3 in ("tanh", "sigmoid")
     }
@@ -115,7 +131,7 @@ def test_explicit_activation_combinations_sweep(tmp_path):
         f"tracking.uri={uri}",
     )
     assert proc.returncode == 0, proc.stderr
-    jobs = {a: {"model.activations": a} for a in ("relu,relu,relu", "tanh,relu,sigmoid")}
+    jobs = {a: {"model.activations": f"[{a}]"} for a in ("relu,relu,relu", "tanh,relu,sigmoid")}
     check_sweep(MlflowClient(uri), "quick", jobs, replicas=1)
 
 
@@ -219,4 +235,4 @@ def test_failing_job_fails_its_sweep_and_leaves_nothing_running(tmp_path):
     }
     assert by_lr["0.02"].data.tags["mtl.error"] == "RuntimeError: injected failure"
     assert all(r.info.status == "FINISHED" for r in kinds["replica"]) and len(kinds["replica"]) == 6
-    assert sweep.data.metrics["n_jobs"] == 3 and sweep.data.metrics["n_jobs_finished"] == 2
+    assert sweep.data.metrics[N_JOBS] == 3 and sweep.data.metrics[JOBS_FINISHED] == 2
