@@ -13,10 +13,12 @@ pre-activation s.
 Kernels, chosen by `kernel`; "auto", the default, takes "native" for float32 models when the
 machine can build it, else "numpy" when torch runs on one thread and "torch" otherwise:
 - "native": minitorch/csrc (see minitorch/native.py), compiled once per architecture with the
-  machine's C++ compiler. It runs a replica's whole epoch with its weights in L1, each layer's
-  three products as register-blocked FMA loops with the activation, its derivative, the loss
-  gradient and the SGD update fused in; one call per epoch for all replicas, split over
-  `threads` threads (default: torch's thread count). float32 only.
+  machine's C++ compiler. It trains 8 replicas at once with one replica per vector lane (no
+  padding whatever the layer widths), each layer's three products as register-blocked FMA
+  loops with the activation derivative and the SGD update fused in; a remainder of fewer than
+  6 replicas runs one replica at a time with the batch rows blocked instead ("rows" layout).
+  Both layouts give the same bits. One call per epoch for all replicas, split over `threads`
+  threads (default: torch's thread count). float32 only.
 - "torch": torch.bmm / baddbmm (MKL's batched GEMM in the CPU build of torch), ~32 calls a step;
 - "numpy": as "torch", but the backward's products (g^T h for the weights, g W for the inputs)
   go through numpy.matmul on zero-copy views of the same tensors (OpenBLAS, one GEMM per
@@ -90,6 +92,9 @@ class FusedMLPStep:
         self.np_W = [w.numpy() for w in self.W]
         self.np_gW = [g.numpy() for g in self.gW]
         self._native = self._load_native(kernel, dtype) if kernel in ("auto", "native") else None
+        # How the native kernel lays the replicas out (NATIVE_LAYOUTS; the same bits in each):
+        # "auto", or "rows" / "lanes" for all replicas, to compare them (benchmarks, tests).
+        self.native_layout = "auto"
 
     def _load_native(self, kernel: str, dtype: torch.dtype):
         """The compiled kernel for this model, or None where "auto" falls back to torch."""
@@ -280,10 +285,16 @@ class FusedMLPStep:
         M = N if order is None else order.shape[1]
         if M == 0:
             return
+        if self.native_layout not in NATIVE_LAYOUTS:
+            raise ValueError(
+                f"FusedMLPStep: native_layout={self.native_layout!r} is not known; accepted: "
+                f"{', '.join(NATIVE_LAYOUTS)}."
+            )
         rc = self._native.mt_train(
             R, N, M, batch_size, xc.data_ptr(), yc.data_ptr(),
             None if order is None else order.data_ptr(), W, b, gW, gb,
             rates.data_ptr(), None if losses is None else losses.data_ptr(), self._threads(),
+            NATIVE_LAYOUTS.index(self.native_layout),
         )  # fmt: skip
         if rc == 3:
             raise IndexError(f"FusedMLPStep.epoch: order has indices outside [0, {N}).")
@@ -362,6 +373,7 @@ class FusedMLPStep:
 
 
 KERNELS = ("auto", "native", "numpy", "torch")
+NATIVE_LAYOUTS = ("auto", "rows", "lanes")  # mt_train's layout argument, in its order
 
 
 def _mlp_parts(model: Sequential) -> tuple[list[Linear], list[str], str]:

@@ -2,12 +2,17 @@
 
 `load(sizes, activations, loss, tanh_grad=...)` writes a few lines of C++ that fix the
 architecture (layer sizes, activations and tanh's derivative, loss) and include
-`csrc/mlp_net.hpp`, compiles them with the machine's C++ compiler (`$CXX`, default g++, about
-a second, `-O3 -march=native`) into a shared library and loads it with ctypes. The library is
+`csrc/mlp_net.hpp`, compiles them with the machine's C++ compiler (`$CXX`, default g++, a few
+seconds, `-O3 -march=native`) into a shared library and loads it with ctypes. The library is
 cached under `$MINITORCH_KERNEL_CACHE` (default `~/.cache/minitorch/kernels`), keyed by the
 sources, the flags, the compiler and the CPU, so each architecture is compiled once per
 machine; concurrent builds (joblib or SLURM jobs) each write a private file and rename it into
 place.
+
+`$MINITORCH_NATIVE_ISA` chooses the instruction set: "native" (default: all the CPU has),
+"avx2" (the same without AVX-512, the build of a machine without it) or "generic" (baseline
+x86-64: SSE2, no AVX, no FMA). With FMA (native and avx2) the results are bitwise the same
+whatever the vector width; generic rounds each product and sum separately.
 
 No torch headers and no Python extension API: the library takes raw float pointers, so it
 builds fast and does not depend on the torch version. Calls release the GIL (ctypes does).
@@ -29,6 +34,11 @@ from minitorch.activations import TANH_GRADS
 
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
+ISA_FLAGS = {
+    "native": (),
+    "avx2": ("-mno-avx512f",),  # turns off every AVX-512 extension
+    "generic": ("-march=x86-64", "-mtune=generic"),  # after -march=native: replaces it
+}
 ACT_CODES = {"tanh": 1, "sigmoid": 2, "relu": 3}
 TANH_REPORT_CODE = 4  # tanh whose backward is the report's 2 sech(s) (csrc/mlp.hpp)
 LOSS_CODES = {"mse": 0, "mae": 1}
@@ -61,6 +71,21 @@ def source(
     )
 
 
+def isa() -> str:
+    """The instruction set the kernels are built for: $MINITORCH_NATIVE_ISA, default native."""
+    value = os.environ.get("MINITORCH_NATIVE_ISA", "") or "native"
+    if value not in ISA_FLAGS:
+        raise ValueError(
+            f"MINITORCH_NATIVE_ISA={value!r} is not known; accepted: {', '.join(ISA_FLAGS)}."
+        )
+    return value
+
+
+def flags(isa_name: str | None = None) -> tuple[str, ...]:
+    """The compiler flags for `isa_name` (default: `isa()`)."""
+    return FLAGS + ISA_FLAGS[isa_name or isa()]
+
+
 @functools.cache
 def _compiler() -> tuple[str, str]:
     cxx = os.environ.get("CXX", "g++")
@@ -85,12 +110,22 @@ def _cpu() -> str:
         return platform.processor() or platform.machine()
 
 
-@functools.cache
 def load(
     sizes: tuple[int, ...], activations: tuple[str, ...], loss: str, tanh_grad: str = "exact"
 ) -> ctypes.CDLL:
     """The compiled kernel for `sizes` (in, hidden..., out) with the given activations and loss;
-    `tanh_grad` is tanh's derivative in backward, "exact" or "report" (see minitorch.Tanh)."""
+    `tanh_grad` is tanh's derivative in backward, "exact" or "report" (see minitorch.Tanh).
+    Built for `isa()` ($MINITORCH_NATIVE_ISA), read at each call."""
+    return _load(tuple(sizes), tuple(activations), loss, tanh_grad, isa())
+
+
+load.cache_clear = lambda: _load.cache_clear()  # type: ignore[attr-defined]  # as before
+
+
+@functools.cache
+def _load(
+    sizes: tuple[int, ...], activations: tuple[str, ...], loss: str, tanh_grad: str, isa_name: str
+) -> ctypes.CDLL:
     if (
         len(activations) != len(sizes) - 2
         or loss not in LOSS_CODES
@@ -102,15 +137,16 @@ def load(
         )
     cxx, version = _compiler()
     src = source(tuple(sizes), tuple(activations), loss, tanh_grad)
+    cflags = flags(isa_name)
     key = hashlib.sha256()
-    for part in (src, *(p.read_text() for p in sorted(CSRC.glob("*.hpp"))), *FLAGS, version):
+    for part in (src, *(p.read_text() for p in sorted(CSRC.glob("*.hpp"))), *cflags, version):
         key.update(part.encode())
     key.update(_cpu().encode())
     name = f"mlp_{'-'.join(map(str, sizes))}_{key.hexdigest()[:16]}.so"
     target = cache_dir() / name
     if not target.exists():
         try:
-            _build(cxx, src, target)
+            _build(cxx, src, target, cflags)
         except OSError as e:  # e.g. a read-only home: the cache can be put elsewhere
             raise NativeUnavailable(
                 f"cannot write the kernel cache {target.parent} ({e.strerror or e}); set "
@@ -123,10 +159,12 @@ def load(
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     lib.mt_layers.restype = ctypes.c_int
     lib.mt_train.restype = ctypes.c_int
+    lib.mt_isa.restype = ctypes.c_int
+    lib.mt_lanes.restype = ctypes.c_int
     lib.mt_train.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int,
                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ptrs, ptrs,
                              ptrs, ptrs, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_int]  # fmt: skip
+                             ctypes.c_int, ctypes.c_int]  # fmt: skip
     lib.mt_forward.restype = ctypes.c_int
     lib.mt_forward.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ptrs, ptrs,
                                ctypes.c_void_p, ctypes.c_int]  # fmt: skip
@@ -135,13 +173,13 @@ def load(
     return lib
 
 
-def _build(cxx: str, src: str, target: Path) -> None:
+def _build(cxx: str, src: str, target: Path, cflags: tuple[str, ...] = FLAGS) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="minitorch-build-") as tmp:
         cpp = Path(tmp) / "mlp.cpp"
         cpp.write_text(src)
         out = Path(tmp) / target.name
-        cmd = [cxx, *FLAGS, "-I", str(CSRC), str(cpp), "-o", str(out)]
+        cmd = [cxx, *cflags, "-I", str(CSRC), str(cpp), "-o", str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-15:]) or "(no output)"
@@ -155,6 +193,16 @@ def _build(cxx: str, src: str, target: Path) -> None:
         os.close(fd)
         shutil.copyfile(out, part)
         os.replace(part, target)
+
+
+# mt_isa()'s bits: what the library was compiled for.
+ISA_BITS = {"avx": 1, "avx2": 2, "fma": 4, "avx512f": 8, "avx512vl": 16}
+
+
+def features(lib: ctypes.CDLL) -> set[str]:
+    """The instruction-set extensions a loaded kernel was compiled for (see ISA_BITS)."""
+    bits = lib.mt_isa()
+    return {name for name, bit in ISA_BITS.items() if bits & bit}
 
 
 def pointers(tensors) -> ctypes.Array:

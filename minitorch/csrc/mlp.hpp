@@ -1,14 +1,19 @@
-// The native kernel of FusedMLPStep: whole SGD epochs of a small MLP, one replica at a time.
+// The native kernel of FusedMLPStep: whole SGD epochs of a small MLP. This header holds the
+// vector math both training layouts share and the "rows" layout, one replica at a time;
+// mlp_lanes.hpp holds the "lanes" layout, V replicas at a time, one per vector lane, which
+// trains every group of V replicas (mlp_net.hpp decides which replicas go where).
 //
 // minitorch/native.py compiles this once per architecture: the file that includes it defines
 // NL (number of Linear layers), SIZES[NL + 1], ACTS[NL] (activation after each layer, NONE for
 // the last) and LOSS, then includes mlp_net.hpp (which includes this header). Plain C++17 with
-// GCC vector extensions, no torch headers, so it builds in about 2 s with the machine's g++.
+// GCC vector extensions, no torch headers, so it builds in a few seconds with the machine's g++.
 //
-// Why it is fast: a replica's weights (a few KB) stay in L1 for every step of an epoch, all
+// The rows layout: a replica's weights (a few KB) stay in L1 for every step of an epoch, all
 // three products of a layer (forward, weight gradient, input gradient) are one register-blocked
 // "broadcast a scalar, FMA a row of vectors" loop, and the activations, their derivatives, the
-// loss gradient and the SGD update are fused into those loops instead of separate passes.
+// loss gradient and the SGD update are fused into those loops instead of separate passes. Its
+// cost: feature dimensions are padded to a multiple of V floats (25 -> 32: 28% more
+// multiply-adds than needed, and a 2-wide layer uses 2 of 8 lanes).
 //
 // Layout, per replica: feature dimensions are padded to a multiple of V floats; padded lanes
 // hold zeros and are only ever read into padded lanes, so they never reach a real value.
@@ -22,6 +27,10 @@
 // The model's tensors ([R, out, in] weights, [R, out] biases) are read at the start of a
 // replica's epoch and written back at its end, with the last step's gradients. Evaluation
 // (mt_forward) has a layout of its own, with the rows as lanes: see forward_t.
+//
+// Both layouts compute every value by the same operations in the same order, with the FMAs
+// written out (fmadd, fnmadd) rather than left to the compiler's contraction, so they give the
+// same bits, whatever the vector width.
 #pragma once
 
 #include <cstdint>
@@ -40,40 +49,38 @@ constexpr int nvec(int n) { return (n + V - 1) / V; }
 enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU = 3, TANH_REPORT = 4 };
 enum { MSE = 0, MAE = 1 };
 
-static inline vf splat(float s) { return vf{} + s; }
+static_assert(V == 8, "splat and transpose8 are written for 8-float vectors");
+static inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s}; }  // one vbroadcastss
+// (vf{} + s would add 0 first: an instruction more, and -0 would become +0.)
 
-// e^x with Cephes' expf polynomial (~1 ulp) for x in [-87, 88]; NaN stays NaN.
-static inline vf vexp_in_range(vf x) {
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf n = (x * 1.44269504088896341f + magic) - magic;
-  vf r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  vi k = __builtin_convertvector(n, vi);
-  vf scale = (vf)((k + 127) << 23);
-  return p * scale;
+// Keeps v in a register from here on (no instruction): the compiler cannot re-read it from
+// memory, e.g. fold its load into each of the FMAs that use it.
+static inline __attribute__((always_inline)) void pin(vf& v) {
+#if defined(__AVX__)
+  asm("" : "+x"(v));
+#else
+  (void)v;
+#endif
 }
 
-// e^x; x is clamped to [-87, 88], so the result saturates at ~1.6e-38 and ~1.7e38 instead of
-// reaching 0 or inf; NaN stays NaN.
-static inline vf vexp(vf x) {
-  x = x > 88.0f ? splat(88.0f) : x;
-  x = x < -87.0f ? splat(-87.0f) : x;
-  return vexp_in_range(x);
+// c + a b and c - a b rounded once. Explicit, not left to the compiler's contraction of
+// a * b + c, which depends on the surrounding code (and on -mtune: GCC avoids FMA chains on
+// some CPUs): the layouts must round alike to give the same bits.
+static inline vf fmadd(vf a, vf b, vf c) {
+#if defined(__FMA__)
+  return __builtin_ia32_vfmaddps256(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+static inline vf fnmadd(vf a, vf b, vf c) {
+#if defined(__FMA__)
+  return __builtin_ia32_vfnmaddps256(a, b, c);
+#else
+  return c - a * b;
+#endif
 }
 
-// tanh(x) with the rational minimax fit of Eigen's float tanh (generic_fast_tanh_float), whose
-// numerator is degree 13 and denominator degree 6. Eigen clamps the input to +-7.9053; the fit
-// still holds to +-9, where it gives 1 (tanh(9) rounds to 1 in float32), so clamping there and
-// bounding the result by +-1 gives exactly +-1 beyond, as torch. At most 2.6e-7 from tanh on
-// the real line (torch's 2 sigmoid(2x) - 1 in float32: 1.8e-7) and accurate near 0. About 40%
-// cheaper than 2 / (1 + e^-2x) - 1: one division, no exp. NaN stays NaN.
 static inline vf vmin(vf a, vf b) {  // a < b ? a : b, so a NaN in b is kept
 #if defined(__AVX__)
   return __builtin_ia32_minps256(a, b);  // one instruction instead of compare and blend
@@ -89,20 +96,57 @@ static inline vf vmax(vf a, vf b) {  // a > b ? a : b, so a NaN in b is kept
 #endif
 }
 
-static inline vf vtanh(vf z) {
-  const vf x = vmax(splat(-9.0f), vmin(splat(9.0f), z));
-  const vf x2 = x * x;
+// The polynomials below use fmadd explicitly, as the products: the same rounding wherever
+// they are inlined.
+
+// e^x with Cephes' expf polynomial (~1 ulp) for x in [-87, 88]; NaN stays NaN.
+static inline vf vexp_in_range(vf x) {
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf n = fmadd(x, splat(1.44269504088896341f), magic) - magic;
+  vf r = fnmadd(n, splat(0.693359375f), x);
+  r = fnmadd(n, splat(-2.12194440e-4f), r);
+  vf p = splat(1.9875691500e-4f);
+  p = fmadd(p, r, splat(1.3981999507e-3f));
+  p = fmadd(p, r, splat(8.3334519073e-3f));
+  p = fmadd(p, r, splat(4.1665795894e-2f));
+  p = fmadd(p, r, splat(1.6666665459e-1f));
+  p = fmadd(p, r, splat(5.0000001201e-1f));
+  p = fmadd(p, r * r, r) + 1.0f;
+  vi k = __builtin_convertvector(n, vi);
+  vf scale = (vf)((k + 127) << 23);
+  return p * scale;
+}
+
+// e^x; x is clamped to [-87, 88], so the result saturates at ~1.6e-38 and ~1.7e38 instead of
+// reaching 0 or inf; NaN stays NaN.
+static inline vf vexp(vf x) {
+  x = x > 88.0f ? splat(88.0f) : x;
+  x = x < -87.0f ? splat(-87.0f) : x;
+  return vexp_in_range(x);
+}
+
+// tanh(x) with the rational minimax fit of Eigen's float tanh (generic_fast_tanh_float), whose
+// numerator is degree 13 and denominator degree 6. Eigen clamps the input to +-7.9053; the fit
+// still holds to +-9, where it gives 1 (tanh(9) rounds to 1 in float32); here x^2 is clamped
+// to 81 (one instruction less than clamping x to +-9, and instructions are what it costs
+// beside the division): beyond |x| = 9, p x / q grows like x / 9, and bounding the result by
+// +-1 (needed anyway: the fit exceeds 1 by up to 2 ulp near 8.5) gives exactly +-1, as torch.
+// At most 2.6e-7 from tanh on the real line (torch's 2 sigmoid(2x) - 1 in float32: 1.8e-7)
+// and accurate near 0. About 40% cheaper than 2 / (1 + e^-2x) - 1: one division, no exp.
+// NaN stays NaN.
+static inline vf vtanh(vf x) {
+  const vf x2 = vmin(splat(81.0f), x * x);
   vf p = splat(-2.76076847742355e-16f);
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
+  p = fmadd(p, x2, splat(2.00018790482477e-13f));
+  p = fmadd(p, x2, splat(-8.60467152213735e-11f));
+  p = fmadd(p, x2, splat(5.12229709037114e-08f));
+  p = fmadd(p, x2, splat(1.48572235717979e-05f));
+  p = fmadd(p, x2, splat(6.37261928875436e-04f));
+  p = fmadd(p, x2, splat(4.89352455891786e-03f));
   vf q = splat(1.19825839466702e-06f);
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
+  q = fmadd(q, x2, splat(1.18534705686654e-04f));
+  q = fmadd(q, x2, splat(2.26843463243900e-03f));
+  q = fmadd(q, x2, splat(4.89352518554385e-03f));
   return vmax(splat(-1.0f), vmin(splat(1.0f), (p * x) / q));
 }
 
@@ -117,9 +161,10 @@ static inline vf tanh_report(vf z, vf& dtanh) {
   const vi sign = vi{} + INT32_MIN;  // the sign bit (splat(-0.0f) would be +0: 0 + -0 = +0)
   // e^-|z|: z with its sign bit set, so only the lower bound of vexp's range needs a clamp.
   const vf e = vexp_in_range(vmax(splat(-87.0f), (vf)((vi)z | sign)));
-  const vf q = 1.0f / (1.0f + e * e);
+  const vf q = 1.0f / fmadd(e, e, splat(1.0f));
   dtanh = 4.0f * e * q;
-  return (vf)((vi)(2.0f * q - 1.0f) | ((vi)z & sign));  // 2q - 1 >= 0: z's sign copied in
+  // 2q - 1 >= 0: z's sign copied in
+  return (vf)((vi)fmadd(splat(2.0f), q, splat(-1.0f)) | ((vi)z & sign));
 }
 
 template <int ACT>
@@ -145,7 +190,7 @@ static inline vf dact(vf a) {
   if constexpr (ACT == TANH_REPORT) {
     return a;
   } else if constexpr (ACT == TANH) {
-    return 1.0f - a * a;
+    return fnmadd(a, a, splat(1.0f));
   } else if constexpr (ACT == SIGMOID) {
     return a * (1.0f - a);
   } else {
@@ -155,7 +200,6 @@ static inline vf dact(vf a) {
 
 // dst[c * ds] = column c of the 8 x 8 block whose row r is src[r * ss] (V = 8 floats).
 static inline void transpose8(const vf* src, int ss, vf* dst, int ds) {
-  static_assert(V == 8, "transpose8 is written for 8-float vectors");
   vf r[8], t[8], u[8];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) r[i] = src[i * ss];
@@ -203,12 +247,16 @@ static inline void block(int K, const float* __restrict A, int ars, int aks,
     const vf* brow = Bm + k * NV + c0;
     vf b[CH];
 #pragma GCC unroll 16
-    for (int c = 0; c < CH; ++c) b[c] = brow[c];
+    for (int c = 0; c < CH; ++c) {
+      b[c] = brow[c];
+      // One load, used by RB FMAs: left alone, GCC folds it into each (RB loads).
+      if constexpr (RB > 1 && RB * CH + CH < 16) pin(b[c]);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) {
       vf s = splat(A[r * ars + k * aks]);
 #pragma GCC unroll 16
-      for (int c = 0; c < CH; ++c) acc[r][c] += s * b[c];
+      for (int c = 0; c < CH; ++c) acc[r][c] = fmadd(s, b[c], acc[r][c]);
     }
   }
 #pragma GCC unroll 16

@@ -182,19 +182,23 @@ def test_native_extreme_inputs_saturate_like_torch(tanh_grad):
     torch.testing.assert_close(fused.forward(x), model(x), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("layout", ["rows", "lanes"])
 @pytest.mark.parametrize(
     "acts, tanh_grad",
     [(("tanh",) * 3, "exact"), (("tanh",) * 3, "report"), (("relu", "relu", "sigmoid"), "exact")],
 )
-def test_native_nan_replica_stays_nan_and_alone(acts, tanh_grad):
-    """A diverged (NaN) replica must not touch its neighbours, even through padded lanes."""
+def test_native_nan_replica_stays_nan_and_alone(acts, tanh_grad, layout):
+    """A diverged (NaN) replica must not touch its neighbours, even through padded lanes (rows
+    layout) or the vector lanes of the other replicas of its group (lanes layout)."""
     model, loss, opt = wide_model(3, acts=acts, tanh_grad=tanh_grad)
     ref_model, ref_loss, ref_opt = wide_model(3, acts=acts, tanh_grad=tanh_grad)
     for p, _ in model.params():
         p[1] = float("nan")
     gen = torch.Generator().manual_seed(5)
     x, y = torch.rand(3, 20, 3, generator=gen), torch.rand(3, 20, 3, generator=gen)
-    mt.FusedMLPStep(model, loss, opt, kernel="native").epoch(x, y, 5)
+    fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
+    fused.native_layout = layout
+    fused.epoch(x, y, 5)
     mt.FusedMLPStep(ref_model, ref_loss, ref_opt, kernel="native").epoch(x, y, 5)
     for (p, _), (rp, _) in zip(model.params(), ref_model.params(), strict=True):
         assert torch.isnan(p[1]).all()

@@ -1,0 +1,122 @@
+"""The native kernel's two layouts (rows, lanes), its thread split and its instruction sets.
+
+The "lanes" layout trains 8 replicas at once, one per vector lane; "rows" one replica at a time;
+"auto" puts the groups of 8 in lanes and a remainder of fewer than 6 in rows. Each replica's
+arithmetic is the same in all of them, so they must agree bit for bit, at any thread count.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import minitorch as mt
+
+SIZES = (3, 25, 40, 17, 3)  # as test_fused.wide_model: its builds are cached already
+
+
+def wide_model(
+    replicas, acts=("tanh", "relu", "sigmoid"), loss="mse", tanh_grad="exact", sizes=SIZES
+):
+    gen = [mt.seeded_generator(s, "init") for s in range(replicas)]
+    model = mt.mlp(sizes, acts, replicas=replicas, generator=gen, tanh_grad=tanh_grad)
+    lr = torch.linspace(0.05, 0.3, replicas)  # one rate per replica: lanes must not mix them
+    return model, mt.LOSSES[loss](replicas=replicas), mt.SGD(model.params(), lr)
+
+
+def train(R, layout, threads, acts, loss, tanh_grad, sizes=SIZES, epochs=2, N=30, B=7):
+    """Parameters, last gradients and loss sums after `epochs` shuffled epochs of batch B."""
+    model, loss_fn, opt = wide_model(R, acts, loss, tanh_grad, sizes)
+    fused = mt.FusedMLPStep(model, loss_fn, opt, kernel="native", threads=threads)
+    fused.native_layout = layout
+    gen = torch.Generator().manual_seed(11)
+    x, y = torch.rand(R, N, sizes[0], generator=gen), torch.rand(R, N, sizes[-1], generator=gen)
+    sums = torch.zeros(R, dtype=torch.float64)
+    for _ in range(epochs):
+        order = torch.stack([torch.randperm(N, generator=gen) for _ in range(R)])
+        fused.epoch(x, y, B, sums, order=order)
+    return [t.clone() for pair in model.params() for t in pair] + [sums]
+
+
+CASES = [  # every activation, both losses, both tanh derivatives (builds shared with test_fused)
+    (("tanh", "relu", "sigmoid"), "mse", "exact"),
+    (("tanh", "relu", "sigmoid"), "mae", "report"),
+    (("relu", "tanh", "tanh"), "mse", "report"),
+]
+
+
+@pytest.mark.parametrize("acts, loss, tanh_grad", CASES)
+def test_layouts_and_thread_counts_give_the_same_bits(acts, loss, tanh_grad):
+    # R = 11: "lanes" pads a second group (3 of 8 lanes used); "auto" is one group + 3 in rows.
+    ref = train(11, "rows", 1, acts, loss, tanh_grad)
+    for layout, threads in [("lanes", 1), ("lanes", 2), ("auto", 1), ("auto", 2), ("auto", 3),
+                            ("rows", 3)]:  # fmt: skip
+        got = train(11, layout, threads, acts, loss, tanh_grad)
+        for a, b in zip(ref, got, strict=True):
+            assert torch.equal(a, b), (layout, threads)
+
+
+@pytest.mark.parametrize("acts, loss, tanh_grad", CASES)
+def test_lanes_epoch_equals_module_steps_with_a_short_last_batch(acts, loss, tanh_grad):
+    R, N, B = 10, 30, 7  # batches 7, 7, 7, 7, 2; 10 replicas = 8 + 2 padded lanes
+    ref_model, ref_loss, ref_opt = wide_model(R, acts, loss, tanh_grad)
+    model, loss_fn, opt = wide_model(R, acts, loss, tanh_grad)
+    fused = mt.FusedMLPStep(model, loss_fn, opt, kernel="native")
+    fused.native_layout = "lanes"
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(R, N, 3, generator=gen), torch.rand(R, N, 3, generator=gen)
+    sums, ref_sums = torch.zeros(R, dtype=torch.float64), torch.zeros(R, dtype=torch.float64)
+    for _ in range(3):
+        fused.epoch(x, y, B, sums)
+        for s in range(0, N, B):
+            ref_sums += ref_loss(ref_model(x[:, s : s + B]), y[:, s : s + B]).double()
+            ref_opt.zero_grad()
+            ref_model.backward(ref_loss.backward())
+            ref_opt.step()
+    for (p, g), (rp, rg) in zip(model.params(), ref_model.params(), strict=True):
+        torch.testing.assert_close(p, rp, rtol=0, atol=2e-6)
+        torch.testing.assert_close(g, rg, rtol=0, atol=2e-6)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=0)
+
+
+def test_unknown_native_layout_is_refused():
+    fused = mt.FusedMLPStep(*wide_model(2), kernel="native")
+    fused.native_layout = "columns"
+    with pytest.raises(ValueError, match=r"native_layout='columns' is not known; accepted: auto"):
+        fused.epoch(torch.rand(2, 10, 3), torch.rand(2, 10, 3), 5)
+
+
+# --- instruction sets ---------------------------------------------------------------------------
+
+
+def test_forced_avx2_and_generic_builds(tmp_path, monkeypatch):
+    """$MINITORCH_NATIVE_ISA=avx2 builds the kernel a machine without AVX-512 gets: the same bits
+    (with FMA the results do not depend on the vector width); generic (SSE2, no FMA) rounds each
+    product and sum apart, so it is only close to them, but its layouts still agree exactly."""
+    sizes, acts, loss, tanh_grad = (3, 9, 5, 2), ("tanh", "relu"), "mae", "report"  # builds fast
+    case = (acts, loss, tanh_grad, sizes)
+    native = train(11, "auto", 2, *case)  # the default build
+    machine = mt.native.features(mt.native.load(sizes, acts, loss, tanh_grad))
+    monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(tmp_path))
+    mt.native.load.cache_clear()
+    try:
+        for isa in ("avx2", "generic"):
+            monkeypatch.setenv("MINITORCH_NATIVE_ISA", isa)
+            features = mt.native.features(mt.native.load(sizes, acts, loss, tanh_grad))
+            got = train(11, "auto", 2, *case)
+            if isa == "avx2":
+                assert features == machine - {"avx512f", "avx512vl"}
+                for a, b in zip(native, got, strict=True):
+                    assert torch.equal(a, b)
+            else:
+                assert features == set()
+                for a, b in zip(native, got, strict=True):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+                for a, b in zip(got, train(11, "lanes", 1, *case), strict=True):
+                    assert torch.equal(a, b)
+        assert len(list(tmp_path.glob("mlp_*.so"))) == 2  # one file per instruction set
+        monkeypatch.setenv("MINITORCH_NATIVE_ISA", "avx1024")
+        with pytest.raises(ValueError, match=r"MINITORCH_NATIVE_ISA='avx1024' is not known"):
+            mt.native.load(sizes, acts, loss, tanh_grad)
+    finally:
+        mt.native.load.cache_clear()
