@@ -59,7 +59,8 @@ FINAL_COLUMNS = {f"final_{curve}": FINAL[curve] for curve in CURVES}
 FINAL_METRICS = tuple(FINAL_COLUMNS)
 # The params that tell grid configurations apart (the report's grid search axes).
 GRID_AXES = ("optim.lr", "trainer.batch_size", "model.activations")
-_PAGE = 10_000
+_PAGE = 10_000  # runs per search call; the page tokens are followed to the end
+_EXPERIMENT_PAGE = 1_000
 _LISTED = 5  # runs named in a "nothing finished" message
 
 
@@ -173,6 +174,18 @@ def _search(
             return out
 
 
+def _experiments(client: MlflowClient) -> list:
+    """All active experiments (paged: a store returns at most 1,000 per call by default)."""
+    out: list = []
+    token = None
+    while True:
+        page = client.search_experiments(max_results=_EXPERIMENT_PAGE, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
 def parse_tags(items: Iterable[str]) -> dict[str, str]:
     """Turn ``["k=v", ...]`` into a dict, or raise naming the bad item."""
     tags: dict[str, str] = {}
@@ -217,13 +230,13 @@ def _run_by_id(client: MlflowClient, run_id: str) -> Run:
 def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     """The id of ``experiment`` (all experiments if None), or raise naming the existing ones."""
     if experiment is None:
-        return [e.experiment_id for e in client.search_experiments()]
+        return [e.experiment_id for e in _experiments(client)]
     shown = experiment if len(experiment) <= 80 else f"{experiment[:60]}... ({len(experiment)})"
     exp = None
     if len(experiment) <= MAX_EXPERIMENT_NAME:
         exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        names = sorted(e.name for e in client.search_experiments())
+        names = sorted(e.name for e in _experiments(client))
         why = (
             f"is {len(experiment)} characters long; MLflow accepts experiment names of at most "
             f"{MAX_EXPERIMENT_NAME}, so none has it"
@@ -442,10 +455,18 @@ def _curves_from_artifact(
             return None
         path = str(local)
     else:
+        # From the run's artifact store at once (download_artifacts would first ask the
+        # tracking store for the run: one more request a run).
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        dst = os.path.join(tmp, run_id)
+        os.makedirs(dst, exist_ok=True)
         try:
-            path = client.download_artifacts(
-                run_id, Artifact.CURVES_CSV, dst_path=os.path.join(tmp, run_id)
-            )
+            if artifact_uri:
+                repo = get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri)
+                path = repo.download_artifacts(Artifact.CURVES_CSV, dst_path=dst)
+            else:
+                path = client.download_artifacts(run_id, Artifact.CURVES_CSV, dst_path=dst)
         except (MlflowException, OSError):
             return None
     df = pd.read_csv(path)
@@ -577,7 +598,7 @@ def reap_dead_runs(
         except Exception:
             return  # select_top_runs reports the bad id
     else:
-        names = [e.name for e in client.search_experiments()]
+        names = [e.name for e in _experiments(client)]
     say = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
     for name in names:
         if client.get_experiment_by_name(name) is None:

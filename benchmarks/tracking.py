@@ -1,17 +1,31 @@
-"""MLflow logging cost, sqlite store vs a local tracking server, measured side by side.
+"""What logging a whole job costs: one report bundle uploaded into sqlite, a local `mlflow
+server` on sqlite and a server on PostgreSQL, side by side, against the job's training time.
 
-For each backend: the cost of one replica run as the harness logs it (create, params, tags, the
-four curves of 401 points each sent with log_batch, final metrics, end) and the cost per metric
-value of log_batch against one log_metric call per value (what we never do in the hot loop).
+Every round uploads the same bundle (experiments.upload.upload, as the job does right after
+training: the replica folders and figures are made afresh) into a fresh store of each kind, in
+turn, and checks that everything arrived: the replica runs FINISHED, every curve point in the
+metric history, every artifact. Medians over the rounds, and the ratio to the job's
+time/train_s (the targets: sqlite <= 0.10x, server <= 0.35x).
 
-Run: python benchmarks/tracking.py [--runs 20] [--no-server]
+The PostgreSQL server is a private one (initdb in a temporary folder, its own port; as root it
+runs as the `postgres` user), so it needs the server binaries (Debian: apt-get install
+postgresql) and psycopg2; without them that column is skipped with the reason.
+
+Run:
+  python benchmarks/tracking.py --bundle <hydra run dir>/bundle [--rounds 3]
+  python benchmarks/tracking.py --train        # trains the report study first (~45 s)
+  python benchmarks/tracking.py --backends sqlite,server   # a subset
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
+import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -21,12 +35,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-POINTS = 401  # 4000 epochs, evaluated every 10, plus epoch 0
-CURVES = ("train_loss", "test_loss", "train_acc", "test_acc")
+BACKENDS = ("sqlite", "server", "server-pg")
+PARTS = ("create", "metrics", "artifacts_wall", "finish", "server_cpu")
 
 
 def free_port() -> int:
@@ -35,138 +48,283 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{root}/server.db",
-            "--default-artifact-root",
-            str(root / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
+def _wait_http(uri: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"mlflow server exited ({proc.returncode}): {log.read_text()[-2000:]}"
+            )
         try:
-            with urllib.request.urlopen(uri + "/health", timeout=1) as r:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
                 if r.status == 200:
-                    return proc, uri
+                    return
         except OSError:
             time.sleep(0.3)
-    os.killpg(proc.pid, 15)
-    raise RuntimeError(f"mlflow server on {uri} did not answer /health within 60 s")
+    raise RuntimeError(f"mlflow server on {uri} did not answer /health in {timeout:g} s")
 
 
-def replica_run(client: MlflowClient, exp_id: str) -> None:
-    run = client.create_run(exp_id, tags={"mtl.kind": "replica"})
-    rid = run.info.run_id
-    now = int(time.time() * 1000)
-    params = [Param(f"group{i}.key{i}", str(i)) for i in range(14)]
-    tags = [RunTag("mtl.seed", "0"), RunTag("mtl.git_commit", "0" * 40)]
-    metrics = [Metric(c, 0.5, now, 10 * s) for c in CURVES for s in range(POINTS)]
-    client.log_batch(rid, params=params, tags=tags)
-    for i in range(0, len(metrics), 1000):  # the server accepts at most 1000 metrics a call
-        client.log_batch(rid, metrics=metrics[i : i + 1000])
-    client.log_batch(rid, metrics=[Metric(f"final_{c}", 0.5, now, 0) for c in CURVES])
-    client.set_terminated(rid, "FINISHED")
+class Server:
+    """`mlflow server --workers 1` on a backend store, serving the artifacts itself (clients get
+    mlflow-artifacts: URIs, as on a cluster); stopped by its process group."""
+
+    def __init__(self, root: Path, backend_uri: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.uri = f"http://127.0.0.1:{free_port()}"
+        self.log = root / "server.log"
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                 "--port", self.uri.rsplit(":", 1)[1], "--workers", "1",
+                 "--backend-store-uri", backend_uri,
+                 "--serve-artifacts", "--artifacts-destination", str(root / "art")],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            _wait_http(self.uri, self.proc, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the server's processes (its session)."""
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == self.proc.pid:  # session id
+                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
-def harness_bulk(uri: str, runs: int) -> float:
-    """ms per replica run of the harness's path on sqlite: the runs created in one transaction
-    (Tracker.start_runs), one bulk insert of all metrics and params (bulk_log), one UPDATE
-    that ends them (end_runs)."""
-    from experiments.tracking import Tracker
+class Postgres:
+    """A private PostgreSQL server in `root` (trust auth on 127.0.0.1, its own port)."""
 
-    tracker = Tracker(uri, f"bench-bulk-{time.time_ns()}")
-    now = int(time.time() * 1000)
-    params = {f"group{i}.key{i}": str(i) for i in range(14)}
-    t = time.perf_counter()
-    ids = tracker.start_runs([(f"r{i}", {"mtl.kind": "replica"}) for i in range(runs)])
-    metrics = [Metric(c, 0.5, now, 10 * s) for c in CURVES for s in range(POINTS)]
-    metrics += [Metric(f"final_{c}", 0.5, now, 0) for c in CURVES]
-    tracker.bulk_log({rid: (metrics, params) for rid in ids})
-    tracker.end_runs(ids, "FINISHED")
-    return (time.perf_counter() - t) / runs * 1e3
+    def __init__(self, root: Path) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version)
+        initdb = bins[-1] if bins else shutil.which("initdb")
+        if not initdb:
+            raise RuntimeError("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            raise RuntimeError("psycopg2 is not installed (pip install psycopg2-binary)") from None
+        bindir = Path(initdb).parent
+        self.data = root / "pgdata"
+        self.port = free_port()
+        self.user: list[str] = []
+        root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            self.user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+            self.data.mkdir()
+            shutil.chown(self.data, "postgres", "postgres")
+            for p in (root, *root.parents):  # the postgres user must reach its data folder
+                os.chmod(p, os.stat(p).st_mode | 0o001)
+        subprocess.run([*self.user, str(initdb), "-D", str(self.data), "-U", "mtl",
+                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)  # fmt: skip
+        self.log = root / "postgres.log"
+        with open(self.log, "w") as out:
+            if self.user:
+                shutil.chown(self.log, "postgres", "postgres")
+            self.proc = subprocess.Popen(
+                [*self.user, str(bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data}"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p",
+                              str(self.port)], capture_output=True).returncode != 0:  # fmt: skip
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"postgres did not start: {self.log.read_text()[-1500:]}")
+            time.sleep(0.3)
+        self.bindir = bindir
+        self.n = 0
+
+    def new_database(self) -> str:
+        self.n += 1
+        name = f"mlflow{self.n}"
+        subprocess.run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", "mtl", name], check=True, capture_output=True)  # fmt: skip
+        return f"postgresql+psycopg2://mtl@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGINT)  # fast shutdown
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
-def per_value(client: MlflowClient, exp_id: str, n: int) -> tuple[float, float]:
-    rid = client.create_run(exp_id).info.run_id
-    now = int(time.time() * 1000)
-    t = time.perf_counter()
-    for s in range(n):
-        client.log_metric(rid, "x", 0.5, now, s)
-    one_by_one = (time.perf_counter() - t) / n
-    t = time.perf_counter()
-    client.log_batch(rid, metrics=[Metric("y", 0.5, now, s) for s in range(n)])
-    batched = (time.perf_counter() - t) / n
-    client.set_terminated(rid, "FINISHED")
-    return one_by_one, batched
+def _version(path: str) -> float:
+    try:
+        return float(Path(path).parents[1].name)
+    except ValueError:
+        return 0.0
 
 
-def measure(uri: str, runs: int) -> dict[str, float]:
-    mlflow.set_tracking_uri(uri)
+def train_bundle(root: Path) -> Path:
+    """Train the report study (into a throw-away sqlite store); returns its bundle."""
+    run_dir = root / "train"
+    cmd = [sys.executable, "-m", "experiments.train", "experiment=report",
+           f"tracking.uri=sqlite:///{root}/train.db", "tracking.experiment=bench-train",
+           "trainer.progress=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    print("training the report study:", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return run_dir / "bundle"
+
+
+def fresh_copy(bundle: Path, dst: Path) -> Path:
+    """The bundle as a job has it right after training: no run ids, no replica folders."""
+    shutil.copytree(bundle, dst, ignore=shutil.ignore_patterns("replicas", "job", ".*.tmp"))
+    manifest = json.loads((dst / "bundle.json").read_text())
+    for key in ("job_run_id", "replica_run_ids", "logged_ms", "sweep_run_id"):
+        manifest.pop(key, None)
+    manifest["state"] = "trained"
+    (dst / "bundle.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def check_arrived(uri: str, experiment: str, bundle: Path, history: int | None) -> str:
+    """Everything of the bundle in the store, or AssertionError: what is missing. `history`:
+    the points per curve expected in the metric history (None: all); curves.csv has all."""
+    import numpy as np
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from experiments.record_format import CURVES, VERSION, Kind, Tag, curve_metric, where
+    from experiments.tracking import thin_history
+
+    result = np.load(bundle / "result.npz")
+    n_runs, n_points = result["train_loss"].shape
     client = MlflowClient(uri)
-    exp_id = client.create_experiment(f"bench-{time.time_ns()}")
-    replica_run(client, exp_id)  # warm-up: connections, schema
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        replica_run(client, exp_id)
-        times.append(time.perf_counter() - t)
-    one, batch = per_value(client, exp_id, 200)
-    return {"run_ms": statistics.median(times) * 1e3, "one_us": one * 1e6, "batch_us": batch * 1e6}
+    exp = client.get_experiment_by_name(experiment)
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], where(**{Tag.KIND: Kind.REPLICA}),
+                                  max_results=1000, page_token=token)  # fmt: skip
+        runs += page
+        token = page.token
+        if not token:
+            break
+    assert len(runs) == n_runs, f"{len(runs)} replica runs, expected {n_runs}"
+    assert all(r.info.status == "FINISHED" for r in runs), "replica runs not FINISHED"
+    steps = [Metric("c", 0.0, 0, i) for i in range(n_points)]
+    n_history = len(thin_history(steps, ["c"], history))
+    for run in runs[:: max(1, len(runs) // 5)]:  # a sample: histories are one query per curve
+        for curve in CURVES:
+            hist = client.get_metric_history(run.info.run_id, curve_metric(curve, VERSION))
+            assert len(hist) == n_history, f"{curve}: {len(hist)} points, expected {n_history}"
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = client.download_artifacts(run.info.run_id, "curves.csv", tmp)
+            rows = len(Path(csv).read_text().splitlines()) - 1
+        assert rows == n_points, f"curves.csv: {rows} rows, expected {n_points}"
+    files = 0
+    for run in runs:
+        top = {f.path for f in client.list_artifacts(run.info.run_id)}
+        assert {"curves.csv", "config.yaml"} <= top, f"run {run.info.run_id} artifacts: {top}"
+        files += len(top)
+    return (
+        f"{len(runs)} FINISHED runs; curves.csv {n_points} points, metric history {n_history} "
+        f"points x {len(CURVES)} curves; {files} artifacts (top level)"
+    )
+
+
+def upload_once(bundle: Path, uri: str, experiment: str) -> dict[str, float]:
+    from experiments.bundle import Bundle
+    from experiments.tracking import Tracker
+    from experiments.upload import upload
+
+    t0 = time.perf_counter()
+    tracker = Tracker(uri, experiment)
+    report = upload(Bundle.open(bundle), tracker)
+    total = time.perf_counter() - t0
+    parts = {k.removeprefix("logging_"): v for k, v in report.timings.items()}
+    return {"total": total, "history": tracker.history_points or 0, **parts}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--no-server", action="store_true")
+    ap.add_argument("--bundle", type=Path, help="a job bundle of the report study")
+    ap.add_argument("--train", action="store_true", help="train the report study first")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--train-s", type=float, help="training time to compare with "
+                    "(default: the bundle's time/train_s)")  # fmt: skip
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="mtl-bench-"))
-    results = {"sqlite": measure(f"sqlite:///{root}/bench.db", args.runs)}
-    bulk_ms = harness_bulk(f"sqlite:///{root}/bulk.db", args.runs)
-    if not args.no_server:
-        proc, uri = start_server(root)
-        try:
-            results["server"] = measure(uri, args.runs)
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
-    shutil.rmtree(root, ignore_errors=True)
-    n_values = len(CURVES) * POINTS + len(CURVES)
-    print(f"one replica run = {len(CURVES)} curves x {POINTS} points + finals, params, tags")
-    print(
-        f"{'backend':<8}{'ms/run':>10}{'110 runs s':>12}{'log_metric us/value':>22}"
-        f"{'log_batch us/value':>20}{'ratio':>8}"
-    )
-    for name, r in results.items():
-        print(
-            f"{name:<8}{r['run_ms']:>10.1f}{r['run_ms'] * 110 / 1e3:>12.2f}"
-            f"{r['one_us']:>22.0f}{r['batch_us']:>20.1f}{r['one_us'] / r['batch_us']:>8.0f}x"
-        )
-    print(f"({n_values} metric values per run)")
-    print(
-        f"harness on sqlite (runs created in one transaction, one bulk insert of all their "
-        f"metrics and params, one UPDATE to end them): {bulk_ms:.1f} ms/run, "
-        f"{bulk_ms * 110 / 1e3:.2f} s for 110 runs, "
-        f"{results['sqlite']['run_ms'] / bulk_ms:.0f}x less than log_batch"
-    )
+    backends = [b for b in args.backends.split(",") if b]
+    root = Path(tempfile.mkdtemp(prefix="mtl-bench-tracking-"))
+    servers: list = []
+    try:
+        if args.train:
+            args.bundle = train_bundle(root)
+        if args.bundle is None:
+            ap.error("give --bundle <hydra run dir>/bundle or --train")
+        job = json.loads((args.bundle / "job.json").read_text())
+        timings = job.get("timings", {})
+        train_s = args.train_s or float(timings.get("train", timings.get("time_train_s", 0)))
+        pg = None
+        if "server-pg" in backends:
+            try:
+                pg = Postgres(root / "pg")
+                servers.append(pg)
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                detail = getattr(exc, "stderr", b"") or b""
+                print(f"server-pg skipped: {exc} {detail.decode(errors='replace')[-300:]}")
+                backends.remove("server-pg")
+        results: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
+        checks: dict[str, str] = {}
+        for r in range(args.rounds):
+            for backend in backends:  # side by side: one of each per round
+                where_ = root / f"{backend}-{r}"
+                bundle = fresh_copy(args.bundle, where_ / "bundle")
+                server = None
+                if backend == "sqlite":
+                    uri = f"sqlite:///{where_}/mlflow.db"
+                else:
+                    store = (pg.new_database() if backend == "server-pg"
+                             else f"sqlite:///{where_}/server.db")  # fmt: skip
+                    server = Server(where_ / "srv", store)
+                    uri = server.uri
+                try:
+                    cpu0 = server.cpu_s() if server else 0.0
+                    results[backend].append(upload_once(bundle, uri, "bench"))
+                    results[backend][-1]["server_cpu"] = server.cpu_s() - cpu0 if server else 0.0
+                    history = results[backend][-1]["history"] or None
+                    checks[backend] = check_arrived(uri, "bench", bundle, history)
+                finally:
+                    if server is not None:
+                        server.stop()
+                shutil.rmtree(where_, ignore_errors=True)
+                t = results[backend][-1]
+                print(f"round {r + 1} {backend:<10} logging {t['logging']:6.2f} s  "
+                      + "  ".join(f"{p} {t.get(p, 0):.2f}" for p in PARTS), flush=True)  # fmt: skip
+        print(f"\nreport bundle, {args.rounds} round(s), medians; training {train_s:.1f} s")
+        head = f"{'store':<12}{'logging s':>10}{'x train':>9}" + "".join(f"{p:>16}" for p in PARTS)
+        print(head)
+        for backend, rounds in results.items():
+            med = {k: statistics.median(x.get(k, 0.0) for x in rounds) for k in rounds[0]}
+            ratio = med["logging"] / train_s if train_s else float("nan")
+            print(f"{backend:<12}{med['logging']:>10.2f}{ratio:>9.3f}"
+                  + "".join(f"{med.get(p, 0):>16.2f}" for p in PARTS))  # fmt: skip
+        for backend, text in checks.items():
+            print(f"arrived in {backend}: {text}")
+    finally:
+        for s in reversed(servers):
+            s.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

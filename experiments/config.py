@@ -106,6 +106,9 @@ class TrackingConfig:
     retry_s: float = 60.0  # how long to wait out a store that fails, before giving up on it
     rerun: bool = False  # train again even if the same config and seeds already FINISHED
     live_every_s: float = 5.0  # seconds between sends of a training job's mean curves (0: off)
+    # Points per curve in a replica run's metric history on a server (curves.csv has all; a
+    # server ingests a few thousand values a second); 0: every point.
+    server_history_points: int = 101
 
 
 @dataclass
@@ -245,6 +248,12 @@ def validate(cfg: DictConfig) -> None:
         bad("tracking.server_timeout_s", tr.server_timeout_s, "a number of seconds > 0")
     if not 0 < tr.retry_s <= 3600:
         bad("tracking.retry_s", tr.retry_s, "a number of seconds in (0, 3600], e.g. 60")
+    if tr.server_history_points < 0 or tr.server_history_points == 1:
+        bad(
+            "tracking.server_history_points",
+            tr.server_history_points,
+            "0 (every point) or a number of points >= 2 per curve, e.g. 101",
+        )
     if not 0 <= tr.live_every_s < float("inf"):
         bad("tracking.live_every_s", tr.live_every_s, "a number of seconds >= 0 (0: off), e.g. 5")
     if problems:

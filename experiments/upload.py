@@ -20,6 +20,7 @@ from experiments.bundle import Bundle
 from experiments.config import flatten
 from experiments.errors import StoreUnavailable
 from experiments.record_format import (
+    CURVE_METRIC,
     MEAN,
     Artifact,
     Kind,
@@ -38,7 +39,7 @@ from experiments.records import (
     replicas_csv,
     write_replica_folders,
 )
-from experiments.tracking import Tracker, now_ms
+from experiments.tracking import Tracker, now_ms, thin_history
 
 
 @dataclass
@@ -149,7 +150,8 @@ def _fill_replicas(
 ) -> tuple[bool, dict[str, float]]:
     """Metrics, params and artifacts of the replica runs in `todo` (seed -> run id), then end
     them FINISHED. The artifact folders are made (if missing) and uploaded by a forked process
-    on the other core while this one stores the metrics."""
+    on the other core while this one stores the metrics. On a server the curves go into the
+    metric history at `tracker.history_points` per curve (curves.csv has every point)."""
     t0 = time.perf_counter()
     curves = curves_of(result)
     index = {s: r for r, s in enumerate(result.seeds)}
@@ -160,7 +162,11 @@ def _fill_replicas(
         bulk = tracker.bulk_log(
             {
                 run_id: (
-                    replica_metrics(curves, result, index[seed], ts),
+                    thin_history(
+                        replica_metrics(curves, result, index[seed], ts),
+                        CURVE_METRIC.values(),
+                        tracker.history_points,
+                    ),
                     split_config(flat, seed=seed)[0],
                 )
                 for seed, run_id in todo.items()
@@ -184,7 +190,8 @@ def _fill_replicas(
 def _artifacts(
     bundle: Bundle, tracker: Tracker, result: Any, todo: dict[int, str], cfg: Any
 ) -> tuple[float, float]:
-    """(In the forked process.) The replica folders, made once, and their upload."""
+    """(In the forked process.) The replica folders, made once, and their upload (one run per
+    thread on a server, `tracker.workers` at a time)."""
     t_files = t_fig = 0.0
     if not bundle.replicas_dir.is_dir():
         t_files, t_fig = write_replica_folders(
@@ -196,9 +203,13 @@ def _artifacts(
             dpi=int(cfg.tracking.figure_dpi),
         )
     t0 = time.perf_counter()
-    for seed, run_id in todo.items():
+
+    def send(item: tuple[int, str]) -> None:
+        seed, run_id = item
         folder = bundle.replicas_dir / str(seed)
         tracker.call(tracker.artifact_repo(run_id).log_artifacts, str(folder))
+
+    tracker.parallel(send, todo.items())
     return t_files + time.perf_counter() - t0, t_fig
 
 
@@ -275,12 +286,16 @@ def upload(bundle: Bundle, tracker: Tracker) -> UploadReport:
     cfg = OmegaConf.load(bundle.path / "config.yaml")
     if "logged_ms" not in bundle.manifest:
         bundle.update(logged_ms=now_ms())
+    if tracker.history_points is not None:  # a server
+        tracker.history_points = int(cfg.tracking.get("server_history_points", 101)) or None
     job_run = ensure_job_run(bundle, tracker)
     job_run_id = job_run.info.run_id
     report = UploadReport(job_run_id)
     by_seed = _replica_runs(bundle, tracker)
     missing = [s for s in result.seeds if s not in by_seed]
     todo = {s: r.info.run_id for s, r in by_seed.items() if r.info.status != "FINISHED"}
+    for run in by_seed.values():  # the forked artifact writer must not query the store
+        tracker.artifact_uris.setdefault(run.info.run_id, run.info.artifact_uri)
     report.already = len(by_seed) - len(todo)
     if missing:
         created = _new_replica_runs(bundle, tracker, result, missing, job_run_id, cfg)
