@@ -133,10 +133,22 @@ def wide_model(replicas, acts=("tanh", "relu", "sigmoid"), loss="mse", lr=0.2, t
     ],
 )
 def test_native_epoch_equals_module_steps_with_a_short_last_batch(loss_name, acts, tanh_grad):
-    R, N, B = 3, 30, 7  # batches of 7, 7, 7, 7, 2: full and partial register blocks
+    # batches of 7, 7, 7, 7, 2: full and partial register blocks
+    assert_native_epochs_equal_modules(3, acts, loss_name, tanh_grad)
+
+
+def assert_native_epochs_equal_modules(
+    R: int, acts, loss_name: str, tanh_grad: str, layout: str | None = None
+) -> None:
+    """Three epochs of the native kernel (`layout`: its default, or "rows"/"lanes") equal the
+    modules' steps, batches of 7 over 30 rows (a short last batch), and so does a forward of
+    more rows than one chunk."""
+    N, B = 30, 7
     ref_model, ref_loss, ref_opt = wide_model(R, acts, loss_name, tanh_grad=tanh_grad)
     model, loss, opt = wide_model(R, acts, loss_name, tanh_grad=tanh_grad)
     fused = mt.FusedMLPStep(model, loss, opt, kernel="native")
+    if layout is not None:
+        fused.native_layout = layout
     gen = torch.Generator().manual_seed(3)
     x, y = torch.rand(R, N, 3, generator=gen), torch.rand(R, N, 3, generator=gen)
     sums, ref_sums = torch.zeros(R, dtype=torch.float64), torch.zeros(R, dtype=torch.float64)

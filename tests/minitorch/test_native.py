@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import minitorch as mt
+from tests.minitorch.test_fused import assert_native_epochs_equal_modules
 
 SIZES = (3, 25, 40, 17, 3)  # as test_fused.wide_model: its builds are cached already
 
@@ -58,25 +59,8 @@ def test_layouts_and_thread_counts_give_the_same_bits(acts, loss, tanh_grad):
 
 @pytest.mark.parametrize("acts, loss, tanh_grad", CASES)
 def test_lanes_epoch_equals_module_steps_with_a_short_last_batch(acts, loss, tanh_grad):
-    R, N, B = 10, 30, 7  # batches 7, 7, 7, 7, 2; 10 replicas = 8 + 2 padded lanes
-    ref_model, ref_loss, ref_opt = wide_model(R, acts, loss, tanh_grad)
-    model, loss_fn, opt = wide_model(R, acts, loss, tanh_grad)
-    fused = mt.FusedMLPStep(model, loss_fn, opt, kernel="native")
-    fused.native_layout = "lanes"
-    gen = torch.Generator().manual_seed(3)
-    x, y = torch.rand(R, N, 3, generator=gen), torch.rand(R, N, 3, generator=gen)
-    sums, ref_sums = torch.zeros(R, dtype=torch.float64), torch.zeros(R, dtype=torch.float64)
-    for _ in range(3):
-        fused.epoch(x, y, B, sums)
-        for s in range(0, N, B):
-            ref_sums += ref_loss(ref_model(x[:, s : s + B]), y[:, s : s + B]).double()
-            ref_opt.zero_grad()
-            ref_model.backward(ref_loss.backward())
-            ref_opt.step()
-    for (p, g), (rp, rg) in zip(model.params(), ref_model.params(), strict=True):
-        torch.testing.assert_close(p, rp, rtol=0, atol=2e-6)
-        torch.testing.assert_close(g, rg, rtol=0, atol=2e-6)
-    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=0)
+    # 10 replicas = 8 + 2 padded lanes
+    assert_native_epochs_equal_modules(10, acts, loss, tanh_grad, layout="lanes")
 
 
 def test_unknown_native_layout_is_refused():
