@@ -7,9 +7,10 @@ MLflow logging as a + b * (evaluation points), start-up and the process's own ov
 minus the parts: interpreter, imports before the app's clock) as constants; then extrapolated
 to the full 4000 epochs. `--full` also runs the real 4000-epoch study and prints it beside the
 extrapolation. Also: peak resident memory of the largest process, and the achieved GFLOP/s of
-training against the machine's FP32 peak.
+training against the practical FP32 peak: torch's sgemm (2048^3) on `--workers` threads,
+measured here between the study runs (median), as `step.py` does; `--peak-gflops` overrides it.
 
-Run: python benchmarks/study.py [--epochs 200 600] [--workers 2] [--full] [--peak-gflops 330]
+Run: python benchmarks/study.py [--epochs 200 600] [--workers 2] [--full] [--peak-gflops G]
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from mlflow.tracking import MlflowClient
+from step import sgemm_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("time/startup_s", "time/train_s", "time/eval_s", "time/logging_s")
@@ -34,6 +37,20 @@ def training_flop(epochs: int) -> float:
     """Multiply-adds x 2 of forward (1x) and backward (2x: grad wrt weights and inputs)."""
     macs = sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:], strict=False))
     return 2 * 3 * macs * N_TRAIN * epochs * REPLICAS
+
+
+def sgemm_gflops(threads: int, seconds: float = 2.0) -> float:
+    """torch's sgemm on `threads` threads for about `seconds`: GFLOP/s of its median call."""
+    torch.set_num_threads(threads)
+    run, flop = sgemm_run()
+    run()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return flop / sorted(times)[len(times) // 2] / 1e9
 
 
 def run_study(epochs: int, workers: int, store: Path) -> dict[str, float]:
@@ -69,14 +86,24 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, nargs=2, default=[200, 600])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--full", action="store_true", help="also run the real 4000-epoch study")
-    ap.add_argument("--peak-gflops", type=float, default=330.0, help="FP32 peak, both cores")
+    ap.add_argument(
+        "--peak-gflops", type=float, default=None,
+        help="FP32 peak to compare with (default: torch sgemm measured between the runs)",
+    )  # fmt: skip
     args = ap.parse_args()
     e1, e2 = args.epochs
+    peaks: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mtl-study-") as tmp:
         run_study(20, args.workers, Path(tmp))  # warm-up: store, experiment, file caches
+        peaks.append(sgemm_gflops(args.workers))
         r1 = run_study(e1, args.workers, Path(tmp))
+        peaks.append(sgemm_gflops(args.workers))
         r2 = run_study(e2, args.workers, Path(tmp))
+        peaks.append(sgemm_gflops(args.workers))
         full_run = run_study(FULL_EPOCHS, args.workers, Path(tmp)) if args.full else None
+        if args.full:
+            peaks.append(sgemm_gflops(args.workers))
+    peak = args.peak_gflops or sorted(peaks)[len(peaks) // 2]
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     for r in (r1, r2):
         r["process_s"] = r["wall_s"] - sum(r[k] for k in PARTS)
@@ -129,11 +156,21 @@ def main() -> None:
         f" wall time of {ref['wall_s']:.1f} s"
     )
     gflops = training_flop(e2 - e1) / (r2["time/train_s"] - r1["time/train_s"]) / 1e9
+    source = "given" if args.peak_gflops else (
+        f"torch sgemm 2048^3 on {args.workers} threads, median of "
+        + ", ".join(f"{p:.0f}" for p in peaks)
+    )  # fmt: skip
     print(
         f"training arithmetic {training_flop(FULL_EPOCHS) / 1e12:.2f} TFLOP; achieved "
-        f"{gflops:.0f} GFLOP/s = {100 * gflops / args.peak_gflops:.0f}% of the "
-        f"{args.peak_gflops:.0f} GFLOP/s FP32 peak"
+        f"{gflops:.0f} GFLOP/s (slope {e1}->{e2} epochs) = {100 * gflops / peak:.0f}% of the "
+        f"{peak:.0f} GFLOP/s practical peak ({source})"
     )
+    if full_run is not None:
+        full_gflops = training_flop(FULL_EPOCHS) / full_run["time/train_s"] / 1e9
+        print(
+            f"the {FULL_EPOCHS}-epoch run: {full_gflops:.0f} GFLOP/s = "
+            f"{100 * full_gflops / peak:.0f}% of that peak"
+        )
     print(f"peak resident memory of the largest process: {peak_mb:.0f} MB")
     last = full_run or r2
     print(f"mean final test accuracy of the last run: {last['test_acc_mean']:.4f}")

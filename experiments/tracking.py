@@ -15,8 +15,8 @@ Speed, per store (benchmarks/tracking.py measures all three on the report study)
 - sqlite: MLflow's `log_batch` builds one ORM object per value (~5,700 values/s here), which
   made the report's 110 x 1,604 curve points a 31 s affair. The replica runs and their metrics
   and params are therefore written in bulk through the store's own engine and tables (~100,000
-  values/s): the one private fast path, in the section "the sqlite fast path" below, each write
-  one transaction, compared with MLflow's own writes by tests/experiments/test_logging.py and
+  values/s): the one private fast path, in experiments/sqlite_fast.py, each write one
+  transaction, compared with MLflow's own writes by tests/experiments/test_logging.py and
   tests/experiments/test_tracking_speed.py, and mlflow is bounded in pyproject.toml to the
   versions those tests ran on. Any other store, or any surprise in the schema, takes the
   public API.
@@ -51,6 +51,7 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
+from experiments import sqlite_fast
 from experiments.config import ConfigError, repo_root
 from experiments.errors import StoreUnavailable
 from experiments.record_format import VERSION, Tag
@@ -483,12 +484,12 @@ class Tracker:
         start = start_time if start_time is not None else now_ms()
         if self.uri.startswith("sqlite:"):
             try:
-                created = _sqlite_create_runs(
+                created = sqlite_fast.create_runs(
                     self,
                     [(name[:250], _run_tags(tags, parent_run_id)) for name, tags in runs],
                     start,
                 )
-            except _NoFastPath as exc:
+            except sqlite_fast.NoFastPath as exc:
                 log.info("bulk run creation not available (%s); creating one by one", exc)
             else:
                 for run_id, artifact_uri in created:
@@ -525,8 +526,8 @@ class Tracker:
         server."""
         if self.uri.startswith("sqlite:") and run_ids:
             try:
-                self.call(_sqlite_end_runs, self.client, run_ids, status, now_ms())
-            except _NoFastPath as exc:
+                self.call(sqlite_fast.end_runs, self.client, run_ids, status, now_ms())
+            except sqlite_fast.NoFastPath as exc:
                 log.info("bulk run ending not available (%s); ending one by one", exc)
             else:
                 self._closed(run_ids)
@@ -563,9 +564,9 @@ class Tracker:
         one run's batch of at most 1,000 metrics). Returns whether the bulk path ran."""
         if self.uri.startswith("sqlite:"):
             try:
-                _sqlite_bulk_insert(self, runs)
+                sqlite_fast.bulk_insert(self, runs)
                 return True
-            except _NoFastPath as exc:
+            except sqlite_fast.NoFastPath as exc:
                 log.info("bulk insert not available (%s); using log_batch", exc)
         batches = [b for run_id, (m, p) in runs.items() for b in _batches(run_id, m, p)]
         self.parallel(self._send, batches)
@@ -638,192 +639,3 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
-
-
-# ---------------------------------------------------------------- the sqlite fast path
-#
-# PRIVATE MLflow internals: the SqlAlchemyStore's engine and table definitions (runs, tags,
-# metrics, latest_metrics, params). Used only for sqlite:/// stores, only when the tables have
-# the columns below (else _NoFastPath and the public API), each write in one transaction.
-# Tested row for row against MLflow's own writes (tests/experiments/test_logging.py,
-# tests/experiments/test_tracking_speed.py) on the mlflow versions pyproject.toml allows.
-
-
-class _NoFastPath(Exception):
-    pass
-
-
-_METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
-_PARAM_COLUMNS = ("key", "value", "run_uuid")
-
-
-def _sql_store(client: MlflowClient) -> Any:
-    """The client's SQLAlchemy store, or _NoFastPath."""
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = client._tracking_client.store
-    except Exception as exc:
-        raise _NoFastPath(f"MLflow internals moved: {exc}") from None
-    if type(store) is not SqlAlchemyStore:  # not a subclass either (e.g. workspace scoping)
-        raise _NoFastPath(f"store is {type(store).__name__}")
-    return store
-
-
-_RUN_FIELDS = {"name", "artifact_uri", "run_uuid", "experiment_id", "source_type", "source_name",
-               "entry_point_name", "user_id", "status", "start_time", "end_time", "deleted_time",
-               "source_version", "lifecycle_stage"}  # fmt: skip
-
-
-def _sqlite_create_runs(
-    tracker: Tracker, runs: list[tuple[str, dict[str, str]]], start: int
-) -> list[tuple[str, str]]:
-    """Create RUNNING runs with their tags in one transaction, with exactly the fields MLflow's
-    SqlAlchemyStore.create_run sets (tests/experiments/test_logging.py compares the two);
-    returns (run id, artifact uri) pairs."""
-    client, experiment_id = tracker.client, tracker.experiment_id
-    store = _sql_store(client)
-    try:
-        import uuid
-
-        from mlflow.entities import LifecycleStage, RunStatus, SourceType
-        from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
-        from mlflow.utils.uri import append_to_uri_path
-
-        if not set(SqlRun.__table__.columns.keys()) >= _RUN_FIELDS or hasattr(SqlRun, "workspace"):
-            raise _NoFastPath(f"runs table has columns {list(SqlRun.__table__.columns.keys())}")
-        experiment = tracker.call(client.get_experiment, experiment_id)
-        if experiment.lifecycle_stage != LifecycleStage.ACTIVE:
-            raise _NoFastPath(f"experiment {experiment_id} is {experiment.lifecycle_stage}")
-        folder = store.ARTIFACTS_FOLDER_NAME
-        rows, created = [], []
-        for name, tags in runs:
-            run_id = uuid.uuid4().hex
-            uri = append_to_uri_path(experiment.artifact_location, run_id, folder)
-            row = SqlRun(
-                name=name,
-                artifact_uri=uri,
-                run_uuid=run_id,
-                experiment_id=experiment_id,
-                source_type=SourceType.to_string(SourceType.UNKNOWN),
-                source_name="",
-                entry_point_name="",
-                user_id=tags.get("mlflow.user", "unknown"),
-                status=RunStatus.to_string(RunStatus.RUNNING),
-                start_time=start + len(rows),
-                end_time=None,
-                deleted_time=None,
-                source_version="",
-                lifecycle_stage=LifecycleStage.ACTIVE,
-            )
-            all_tags = {**tags, Tag.RUN_NAME: tags.get(Tag.RUN_NAME, name)}
-            row.tags = [SqlTag(key=k, value=v) for k, v in all_tags.items()]
-            rows.append(row)
-            created.append((run_id, uri))
-    except (_NoFastPath, StoreUnavailable):
-        raise
-    except Exception as exc:
-        raise _NoFastPath(f"MLflow internals moved: {exc}") from None
-
-    def write() -> None:
-        with store.ManagedSessionMaker(read_only=False) as session:
-            session.add_all(rows)
-
-    tracker.call(write)
-    return created
-
-
-def _sqlite_end_runs(client: MlflowClient, run_ids: list[str], status: str, end: int) -> None:
-    """Set status and end time of active runs, as MLflow's set_terminated, in one UPDATE."""
-    store = _sql_store(client)
-    try:
-        from mlflow.entities import LifecycleStage, RunStatus
-        from mlflow.store.tracking.dbmodels.models import SqlRun
-
-        value = RunStatus.to_string(RunStatus.from_string(status))
-    except Exception as exc:
-        raise _NoFastPath(f"MLflow internals moved: {exc}") from None
-    with store.ManagedSessionMaker(read_only=False) as session:
-        for i in range(0, len(run_ids), 500):  # sqlite's limit on bound parameters
-            session.query(SqlRun).filter(
-                SqlRun.run_uuid.in_(run_ids[i : i + 500]),
-                SqlRun.lifecycle_stage == LifecycleStage.ACTIVE,
-            ).update({"status": value, "end_time": end}, synchronize_session=False)
-
-
-def _sqlite_bulk_insert(
-    tracker: Tracker, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]
-) -> None:
-    """INSERT the rows MLflow's own log_batch would write (metrics, latest_metrics, params),
-    using the store's engine and table definitions, all in one transaction. Idempotent, as
-    log_batch: a row already there is left alone (metrics and params: same primary key, same
-    values), a latest value is replaced only by a later one, so a sync can complete runs a
-    killed job filled in part. Raises _NoFastPath before writing anything if the store is not
-    the SQLAlchemy store this was written for."""
-    store = _sql_store(tracker.client)
-    try:
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam
-    except Exception as exc:
-        raise _NoFastPath(f"MLflow internals moved: {exc}") from None
-    tables = {
-        SqlMetric.__table__: _METRIC_COLUMNS,
-        SqlLatestMetric.__table__: _METRIC_COLUMNS,
-        SqlParam.__table__: _PARAM_COLUMNS,
-    }
-    for table, columns in tables.items():
-        if not set(columns) <= set(table.columns.keys()):
-            raise _NoFastPath(f"table {table.name} has columns {list(table.columns.keys())}")
-
-    metric_rows: list[tuple] = []
-    latest_rows: list[tuple] = []
-    param_rows: list[tuple] = []
-    big = 1.7976931348623157e308  # what MLflow stores for +-inf
-    for run_id, (metrics, params) in runs.items():
-        latest: dict[str, tuple] = {}
-        for m in metrics:
-            key, value, timestamp, step = m.key, m.value, m.timestamp, m.step
-            is_nan = value != value
-            if is_nan:
-                value = 0.0
-            elif value in (math.inf, -math.inf):
-                value = math.copysign(big, value)
-            row = (key, value, timestamp, step, is_nan, run_id)
-            metric_rows.append(row)
-            # MLflow's "latest": the largest (step, timestamp, value).
-            old = latest.get(key)
-            if old is None or (step, timestamp, value) > (old[3], old[2], old[1]):
-                latest[key] = row
-        latest_rows += latest.values()
-        param_rows += [(k, str(v)[:6000], run_id) for k, v in params.items()]
-
-    def insert(table: Any, columns: tuple[str, ...], tail: str) -> str:
-        marks = ", ".join("?" for _ in columns)
-        return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks}) {tail}"
-
-    cols = ", ".join(f"{c} = excluded.{c}" for c in ("value", "timestamp", "step", "is_nan"))
-    statements = [
-        # metrics, params: a row already there (same primary key) is left alone, as log_batch.
-        (insert(SqlMetric.__table__, _METRIC_COLUMNS, "ON CONFLICT DO NOTHING"), metric_rows),
-        # latest_metrics: replaced only by a later (step, timestamp, value), as MLflow does.
-        (
-            insert(
-                SqlLatestMetric.__table__,
-                _METRIC_COLUMNS,
-                f"ON CONFLICT (key, run_uuid) DO UPDATE SET {cols} WHERE (excluded.step, "
-                f"excluded.timestamp, excluded.value) > (step, timestamp, value)",
-            ),
-            latest_rows,
-        ),
-        (insert(SqlParam.__table__, _PARAM_COLUMNS, "ON CONFLICT DO NOTHING"), param_rows),
-    ]
-
-    def write() -> None:
-        # One transaction, all or nothing, in the store's own session (foreign keys on, 20 s
-        # busy timeout for parallel writers): ~2 s of write lock for the report's 110 runs.
-        with store.ManagedSessionMaker(read_only=False) as session:
-            connection = session.connection()
-            for sql, rows in statements:
-                if rows:
-                    connection.exec_driver_sql(sql, rows)
-
-    tracker.call(write)

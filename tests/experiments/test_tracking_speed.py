@@ -12,7 +12,8 @@ import pytest
 from mlflow.entities import Metric
 
 from experiments.errors import StoreUnavailable
-from experiments.tracking import Tracker, _sqlite_bulk_insert, thin_history
+from experiments.sqlite_fast import bulk_insert
+from experiments.tracking import Tracker, thin_history
 from tests.experiments.conftest import sqlite_uri
 
 TABLES = {
@@ -49,7 +50,7 @@ def test_bulk_insert_writes_the_rows_mlflows_log_batch_writes(tmp_path):
     fast, own = tracker.start_run("fast", {}), tracker.start_run("own", {})
     ts = int(time.time() * 1000)
     params = {"optim.lr": "0.01", "model.hidden": "[25, 25]", "long": "x" * 7000}
-    _sqlite_bulk_insert(tracker, {fast: (_values(ts), params)})
+    bulk_insert(tracker, {fast: (_values(ts), params)})
     tracker.log_batch(own, _values(ts), params)  # MLflow's own writes, public API
     db = sqlite_uri(tmp_path).removeprefix("sqlite:///")
     expected = _rows(db, own)
@@ -58,7 +59,7 @@ def test_bulk_insert_writes_the_rows_mlflows_log_batch_writes(tmp_path):
     # Again (a sync after a partial upload), and an older value after a newer one: nothing
     # stored twice, the latest value stays the later one, on both paths.
     older = [Metric("curves/b", -1.0, ts, 5)]
-    _sqlite_bulk_insert(tracker, {fast: (_values(ts) + older, params)})
+    bulk_insert(tracker, {fast: (_values(ts) + older, params)})
     tracker.log_batch(own, older)
     assert _rows(db, fast) == _rows(db, own)
 
@@ -75,7 +76,7 @@ def test_bulk_insert_is_all_or_nothing(tmp_path):
             "SELECT RAISE(ABORT, 'params refused'); END"
         )
     with pytest.raises(Exception, match="params refused"):
-        _sqlite_bulk_insert(tracker, {run: (_values(1), {"q": "new"})})
+        bulk_insert(tracker, {run: (_values(1), {"q": "new"})})
     rows = _rows(db, run)
     assert rows["metrics"] == [] and rows["latest_metrics"] == []
 
