@@ -17,6 +17,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from analysis.errors import AnalysisError
+from experiments.provenance import repo_root as repo_root  # re-exported for the analysis
+from experiments.provenance import tracking_uri
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = ("alembic_version", "experiments", "runs", "tags")
@@ -31,12 +33,6 @@ HTTP_ENV = {
 }
 # MLflow logs a full traceback for every sqlite OperationalError before raising it.
 _NOISY_LOGGERS = ("mlflow.store.db.utils", "alembic")
-
-
-def repo_root() -> Path:
-    """The directory holding pyproject.toml (where runs/ lives), else the working directory."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
 def store_errors() -> tuple[type[BaseException], ...]:
@@ -73,9 +69,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     A sqlite file must exist and be an MLflow store (MLflow would silently create or migrate
     one); a server must answer /health within a few seconds.
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        uri = f"sqlite:///{repo_root() / 'runs' / 'mlflow.db'}"
+    uri = tracking_uri(uri)
     path = sqlite_path(uri)
     if path is not None:
         check_sqlite_store(path, uri)

@@ -11,6 +11,7 @@ FAILED or KILLED. Nothing from MLflow is imported until a multirun starts.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import math
@@ -90,27 +91,37 @@ def _task(config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
-def _job_overrides(config: DictConfig) -> list[list[str]] | None:
-    """Every job's overrides, as the basic sweeper will expand them (None for other sweepers)."""
-    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-        return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def _parsed_overrides(config: DictConfig) -> list[Any]:
+    """The sweep's overrides (hydra.sweeper.params, then the command line's), parsed by Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = config.hydra.sweeper.get("params") or {}
     args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(args)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return OverridesParser.create().parse_overrides(args)
+
+
+def _job_overrides(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides, as the basic sweeper expands them (its `split_arguments`: one value
+    per key, the last given wins, the product of the swept values); None for other sweepers and
+    sweeps it cannot expand (it reports those itself)."""
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    axes: dict[str, list[str]] = {}
+    for o in _parsed_overrides(config):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            axes[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            return None
+    return [list(job) for job in itertools.product(*axes.values())]
 
 
 def _swept_axes(config: DictConfig) -> dict[str, str]:
     """key -> the values it is swept over, from hydra.sweeper.params and the command line."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = config.hydra.sweeper.get("params") or {}
-    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     try:
-        parsed = OverridesParser.create().parse_overrides(args)
+        parsed = _parsed_overrides(config)
     except Exception:
         return {}
     return {
@@ -241,29 +252,36 @@ def sweep_progress(tracker: Any, sweep_run_id: str) -> None:
 
 
 def _sweep_tags(config: DictConfig, sweep_dir: Path) -> dict[str, str]:
-    """Provenance of the sweep, and the key that finds it again when the command is re-run."""
+    """Provenance of the sweep (experiments/provenance.py), and the key that finds it again
+    when the command is re-run."""
     import hashlib
 
-    from experiments.tracking import command_line, git_info
+    from experiments import provenance
 
     overrides = list(config.hydra.overrides.task)
     choices = config.hydra.runtime.choices
     study = choices.get("experiment") or "custom"
-    sha, dirty = git_info()
-    command = command_line(overrides, multirun=True)
     key_text = json.dumps([study, sorted(overrides), _task(config).tracking.experiment])
     return {
         Tag.KIND: Kind.SWEEP,
-        Tag.STUDY: study,
-        Tag.GIT_COMMIT: sha,
-        Tag.GIT_DIRTY: str(dirty).lower(),
-        Tag.GIT_SOURCE_COMMIT: sha,
-        Tag.COMMAND: command,
-        Tag.OVERRIDES: " ".join(overrides),
+        **provenance.run_tags(study, overrides, multirun=True),
         Tag.SWEEP_DIR: str(sweep_dir),
         Tag.SWEEP_KEY: hashlib.sha256(key_text.encode()).hexdigest()[:16],
         Tag.LAUNCHER: str(choices.get("hydra/launcher", "")),
     }
+
+
+def _log_provenance(tracker: Any, run_id: str, config: DictConfig) -> None:
+    """Hydra's composed multirun config and, for a dirty tree, the git diff, as the sweep run's
+    provenance/ artifacts."""
+    import tempfile
+
+    from experiments import provenance
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = provenance.write_files(Path(tmp) / Artifact.PROVENANCE, config)
+        if folder is not None:
+            tracker.call(tracker.client.log_artifacts, run_id, str(folder), Artifact.PROVENANCE)
 
 
 def _earlier_sweep(tracker: Any, key: str) -> Any:
@@ -318,6 +336,7 @@ class MlflowSweepCallback(Callback):
             run_id = self._new_sweep(tracker, config, task, tags, planned)
         _active.update(tracker=tracker, run_id=run_id)
         atexit.register(_at_exit)
+        _log_provenance(tracker, run_id, config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(
             json.dumps(

@@ -68,6 +68,9 @@ class Tag:
     TORCH_THREADS = "mtl.torch_threads"
     BULK_INSERT = "mtl.bulk_insert"
     LAUNCHER = "mtl.launcher"
+    PYTHON = "mtl.python"  # implementation, version and interpreter path
+    VERSIONS = "mtl.versions"  # torch=... numpy=... mlflow=... (experiments/provenance.py)
+    CPU = "mtl.cpu"  # model name, cores, system
     # where a run belongs
     CONFIG_HASH = "mtl.config_hash"
     SEED = "mtl.seed"
@@ -207,6 +210,7 @@ class Artifact:
     JOB_FIGURE = "figures/curves.png"  # a job's mean curves, band and seeds
     JOBS_CSV = "jobs.csv"  # a sweep's jobs, ranked by test_acc_mean
     JOBS_FIGURE = "figures/jobs.png"
+    PROVENANCE = "provenance"  # git.diff (a dirty tree), multirun.yaml (a sweep's Hydra config)
 
 
 # Run names, short enough for the runs table, a legend and a page title (< 48 characters).

@@ -34,8 +34,6 @@ import math
 import os
 import random
 import re
-import shlex
-import subprocess
 import threading
 import time
 import urllib.error
@@ -51,8 +49,8 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
-from experiments import sqlite_fast
-from experiments.config import ConfigError, repo_root
+from experiments import provenance, sqlite_fast
+from experiments.config import ConfigError
 from experiments.errors import StoreUnavailable
 from experiments.record_format import VERSION, Tag
 
@@ -87,12 +85,10 @@ _worker = threading.local()  # .stop: the Event that cancels this worker thread'
 
 
 def resolve_uri(configured: str | None) -> str:
-    """tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///<repo>/runs/mlflow.db.
-
-    A relative sqlite path is made absolute (from the working directory)."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        uri = f"sqlite:///{repo_root() / 'runs' / 'mlflow.db'}"
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///<repo>/runs/mlflow.db
+    (experiments/provenance.py). A relative sqlite path is made absolute (from the working
+    directory)."""
+    uri = provenance.tracking_uri(configured)
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_absolute():
@@ -156,7 +152,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise ConfigError(
             f"tracking.uri={uri!r} is a file store, which MLflow 3 no longer accepts for runs; "
             f"accepted: sqlite:///<absolute path>.db (the default is "
-            f"sqlite:///{repo_root() / 'runs' / 'mlflow.db'}) or an http(s):// tracking server."
+            f"{provenance.default_tracking_uri()}) or an http(s):// tracking server."
         )
 
 
@@ -246,31 +242,6 @@ def open_client(uri: str) -> MlflowClient:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return MlflowClient(tracking_uri=uri)  # makes the store (schema), cached per URI
-
-
-def git_info() -> tuple[str, bool]:
-    """(commit sha or "unknown", whether tracked files differ from it)."""
-    try:
-
-        def git(*args: str) -> str:
-            return subprocess.run(
-                ["git", *args],
-                cwd=repo_root(),
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.strip()
-
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", False
-
-
-def command_line(overrides: Iterable[str], multirun: bool = False) -> str:
-    """The command that reproduces a job (or a sweep) from its Hydra overrides."""
-    args = ["python", "-m", "experiments.train", *(["-m"] if multirun else [])]
-    return " ".join(args + [shlex.quote(o) for o in overrides])
 
 
 def ensure_experiment(client: MlflowClient, name: str, location: str | None) -> str:

@@ -205,16 +205,10 @@ def _job_tags(job: Job) -> dict[str, str]:
     """Provenance and place of the job: the tags of its job run and of its replica runs."""
     import torch
 
-    from experiments.tracking import command_line, git_info
+    from experiments import provenance
 
-    sha, dirty = git_info()
     tags = {
-        Tag.STUDY: job.ctx.study,
-        Tag.GIT_COMMIT: sha,
-        Tag.GIT_DIRTY: str(dirty).lower(),
-        Tag.GIT_SOURCE_COMMIT: sha,
-        Tag.COMMAND: command_line(job.ctx.overrides),
-        Tag.OVERRIDES: " ".join(job.ctx.overrides),
+        **provenance.run_tags(job.ctx.study, job.ctx.overrides),
         Tag.CONFIG_HASH: job.config_hash,
         Tag.TORCH_THREADS: str(torch.get_num_threads()),
         Tag.SEEDS: _seeds_tag(job.seeds),
