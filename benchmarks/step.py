@@ -5,10 +5,10 @@ Everything is measured in this one process, as medians of repeated blocks, at 1 
 
   torch.nn     torch.nn.Sequential + autograd + torch.optim.SGD, one model
   modules      minitorch Sequential.forward/backward + SGD.step, one model
-  fused        minitorch FusedMLPStep.epoch (the harness's path), one model, kernel "auto"
-               (= "native", the compiled kernel), and the portable "numpy" and "torch" kernels
+  fused        minitorch FusedMLPStep.epoch (the harness's path, minitorch/fast), one model,
+               kernel "auto" (= "native", the compiled kernel), and the portable "torch" kernel
   fused R=k    FusedMLPStep.epoch on k replicas at once; reported per replica-epoch (native;
-               R=110 also with the numpy and torch kernels)
+               R=110 also with the torch kernel)
 
 Then the native kernel's arithmetic throughput against the machine's practical FP32 peak,
 torch's own sgemm (2048 x 2048 x 2048) on the same threads, measured in the same interleaved
@@ -227,16 +227,14 @@ def main() -> None:
         rows = [("torch.nn + autograd", base, 1)]
         rows.append(("minitorch modules", median_ms(epoch_minitorch(None, False), args.repeats), 1))
         rows.append(("minitorch fused", median_ms(epoch_minitorch(None, True), args.repeats), 1))
-        for kernel in ("numpy", "torch"):
-            ms = median_ms(epoch_minitorch(None, True, kernel), args.repeats)
-            rows.append((f"  {kernel} kernel", ms, 1))
+        ms = median_ms(epoch_minitorch(None, True, "torch"), args.repeats)
+        rows.append(("  torch kernel", ms, 1))
         for r in args.replicas:
             ms = median_ms(epoch_minitorch(r, True), args.repeats)
             rows.append((f"minitorch fused R={r}", ms / r, r))
-            if r == 110:  # the same model on the portable kernels
-                for kernel in ("numpy", "torch"):
-                    ms = median_ms(epoch_minitorch(r, True, kernel), args.repeats)
-                    rows.append((f"  R=110, {kernel} kernel", ms / r, r))
+            if r == 110:  # the same model on the portable kernel
+                ms = median_ms(epoch_minitorch(r, True, "torch"), args.repeats)
+                rows.append(("  R=110, torch kernel", ms / r, r))
         print(f"threads={threads}")
         print(f"  {'variant':<26}{'ms/epoch':>10}{'x torch.nn':>12}{'speed-up':>10}")
         for name, ms, _ in rows:

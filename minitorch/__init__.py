@@ -1,11 +1,12 @@
 """minitorch: a mini deep-learning framework on torch tensors, with hand-written gradients.
 
 No torch.autograd, torch.nn or torch.optim inside: every module computes its own backward.
+`minitorch.fast` holds the fused fast path (`FusedMLPStep`, its kernels `KERNELS`); `native` is
+its kernel builder (minitorch.fast.native), re-exported as `minitorch.native`.
 """
 
-from minitorch import native
 from minitorch.activations import ACTIVATIONS, TANH_GRADS, ReLU, Sigmoid, Tanh
-from minitorch.fused import FusedMLPStep
+from minitorch.fast import KERNELS, FusedMLPStep, native
 from minitorch.init import INIT_SCHEMES, init_linear, seeded_generator
 from minitorch.linear import Linear
 from minitorch.losses import LOSSES, MAE, MSE, Loss
@@ -17,6 +18,7 @@ __all__ = [
     "ACTIVATIONS",
     "FusedMLPStep",
     "INIT_SCHEMES",
+    "KERNELS",
     "LOSSES",
     "MAE",
     "MSE",

@@ -21,6 +21,8 @@ def tanh(x: Tensor, out: Tensor | None = None) -> Tensor:
 class ReLU(Module):
     """max(s, 0); derivative 1[s > 0] (0 at s = 0, as torch)."""
 
+    kind = "relu"
+
     def __init__(self) -> None:
         self._mask: Tensor | None = None
 
@@ -64,6 +66,8 @@ class Tanh(Module):
     (from the output it would lose all precision as |tanh(s)| -> 1).
     """
 
+    kind = "tanh"  # the fast path also reads `grad`, a compile-time choice of its kernels
+
     def __init__(self, grad: str = "exact") -> None:
         check_tanh_grad(grad, "Tanh", "grad")
         self.grad = grad
@@ -89,6 +93,8 @@ class Tanh(Module):
 
 class Sigmoid(Module):
     """1 / (1 + e^-s); derivative sigmoid(s) (1 - sigmoid(s)), from the saved output."""
+
+    kind = "sigmoid"
 
     def __init__(self) -> None:
         self._s: Tensor | None = None

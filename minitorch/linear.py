@@ -22,6 +22,8 @@ class Linear(Module):
     that replica r is initialised exactly as a single model built from generator r.
     """
 
+    kind = "linear"
+
     def __init__(
         self,
         in_features: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
 
@@ -11,7 +13,11 @@ class Loss:
     Without replicas pred is [B, O] and the loss a scalar; with the replica axis pred is
     [R, B, O], the loss is [R] and each replica's gradient is scaled by its own element count,
     so replica r equals a single model.
+
+    `kind` names the loss for the fused fast path (minitorch.fast), None where it has none.
     """
+
+    kind: ClassVar[str | None] = None
 
     def __init__(self, *, replicas: int | None = None) -> None:
         if replicas is not None and (not isinstance(replicas, int) or replicas <= 0):
@@ -74,6 +80,8 @@ class MSE(Loss):
     by N: forward and backward disagreed by a factor N. Here they agree.
     """
 
+    kind = "mse"
+
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         d = self._prepare(pred, target)
         return self._reduce(d * d)
@@ -84,6 +92,8 @@ class MSE(Loss):
 
 class MAE(Loss):
     """mean(|s - y|) over all elements; gradient sign(s - y) / N. Same as torch.nn.L1Loss()."""
+
+    kind = "mae"
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         return self._reduce(self._prepare(pred, target).abs())

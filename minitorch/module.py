@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -14,7 +15,13 @@ class Module:
 
     Unlike torch.nn there is no autograd: every module writes its own backward, and backward
     only fills gradients; updating the parameters is the optimizer's job.
+
+    `kind` is the one way a module tells the fused fast path (minitorch.fast) what it is: the
+    name of a layer or activation the fast path can compile ("linear", "tanh", ...), or None.
+    A subclass that changes the math must not keep its parent's kind.
     """
+
+    kind: ClassVar[str | None] = None
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")

@@ -1,4 +1,12 @@
-"""Stochastic gradient descent: the only place parameters change."""
+"""Stochastic gradient descent: SGD owns the update of the modules' parameters.
+
+Layers only fill gradients; `SGD.step` changes the parameters, p <- p - lr * grad. The fused
+fast path (`minitorch.fast.FusedMLPStep`) performs this same SGD update inside its kernel: for
+a whole epoch, per batch, it fuses the forward, the loss gradient, the backward and the SGD
+update (the native kernel in one compiled loop, with the rates of `SGD.replica_lrs`; the torch
+kernel calls `SGD.step` after its backward). tests/minitorch/test_fused.py checks that it gives
+the parameters of the modules + `SGD.step`.
+"""
 
 from __future__ import annotations
 
@@ -61,11 +69,25 @@ class SGD:
             self._neg_lr = None
             self.lr = float(lr)
 
+    def replica_lrs(self, replicas: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The learning rate of each of `replicas` replicas, a contiguous [replicas] tensor (a
+        float lr is every replica's): for a fused kernel that performs this update itself."""
+        if isinstance(self.lr, Tensor):
+            if self.lr.shape[0] != replicas:
+                raise ValueError(
+                    f"SGD: {self.lr.shape[0]} per-replica learning rates were asked for "
+                    f"{replicas} replicas; expected one rate per replica."
+                )
+            return self.lr.to(dtype).contiguous()
+        return torch.full((replicas,), self.lr, dtype=dtype)
+
     def step(self) -> None:
+        """p <- p - lr * grad for every parameter, in one fused call."""
         if self._neg_lr is None:
             torch._foreach_add_(self._params, self._grads, alpha=-self.lr)
         else:
             torch._foreach_addcmul_(self._params, self._grads, self._neg_lr)
 
     def zero_grad(self) -> None:
+        """Reset every gradient to 0 (backward accumulates, as in torch)."""
         torch._foreach_zero_(self._grads)

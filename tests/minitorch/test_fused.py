@@ -1,4 +1,4 @@
-"""The fused fast path equals the general modules + SGD, step for step."""
+"""The fused fast path (minitorch.fast) equals the general modules + SGD, step for step."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import minitorch as mt
+from minitorch.fast import native
 
 
 def build(acts, replicas, dtype, loss_name, lr, tanh_grad="exact"):
@@ -26,7 +27,7 @@ def build(acts, replicas, dtype, loss_name, lr, tanh_grad="exact"):
 @pytest.mark.parametrize("replicas", [None, 1, 4])
 @pytest.mark.parametrize("acts", [("tanh",) * 3, ("relu", "sigmoid", "tanh")])
 @pytest.mark.parametrize("loss_name", ["mse", "mae"])
-@pytest.mark.parametrize("kernel", mt.fused.KERNELS)
+@pytest.mark.parametrize("kernel", mt.KERNELS)
 @pytest.mark.parametrize("tanh_grad", mt.TANH_GRADS)
 def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel, tanh_grad):
     lr = 0.3 if replicas is None else torch.linspace(0.1, 0.5, replicas, dtype=dtype)
@@ -62,7 +63,7 @@ def test_fused_step_equals_modules(dtype, tol, replicas, acts, loss_name, kernel
 @pytest.mark.parametrize("tanh_grad", mt.TANH_GRADS)
 def test_kernels_agree_on_the_report_model_over_many_steps(tanh_grad):
     runs = {}
-    for kernel in ("native", "numpy", "torch"):
+    for kernel in ("native", "torch"):
         lr = torch.full((6,), 0.05)
         model, loss, opt = build(("tanh",) * 3, 6, torch.float32, "mse", lr, tanh_grad)
         fused = mt.FusedMLPStep(model, loss, opt, kernel=kernel)
@@ -70,12 +71,11 @@ def test_kernels_agree_on_the_report_model_over_many_steps(tanh_grad):
         for _ in range(200):
             fused.step(torch.rand(6, 25, 2, generator=gen), torch.rand(6, 25, 2, generator=gen))
         runs[kernel] = [p.clone() for p, _ in model.params()]
-    for kernel in ("native", "numpy"):
-        for a, b in zip(runs[kernel], runs["torch"], strict=True):
-            assert (a - b).abs().max().item() <= 1e-5
+    for a, b in zip(runs["native"], runs["torch"], strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("kernel", ["native", "numpy", "torch"])
+@pytest.mark.parametrize("kernel", ["native", "torch"])
 def test_report_tanh_grad_trains_differently_from_the_exact_one(kernel):
     """Same init, same batches: the report's derivative must change the weights, every kernel."""
     runs = {}
@@ -102,7 +102,7 @@ def test_mixed_tanh_grads_are_refused():
 def test_unknown_kernel_is_refused():
     model, loss, opt = build(("tanh",) * 3, None, torch.float32, "mse", 0.1)
     with pytest.raises(
-        ValueError, match=r"kernel='cuda' is not known; accepted: auto, native, numpy, torch"
+        ValueError, match=r"kernel='cuda' is not known; accepted: auto, native, torch"
     ):
         mt.FusedMLPStep(model, loss, opt, kernel="cuda")
 
@@ -111,6 +111,87 @@ def test_fused_refuses_other_shapes():
     model = mt.Sequential(mt.Linear(2, 3), mt.Linear(3, 2))
     with pytest.raises(TypeError, match=r"module 1 is Linear\(in_features=3, out_features=2\)"):
         mt.FusedMLPStep(model, mt.MSE(), mt.SGD(model.params(), 0.1))
+
+
+# --- the interface: declared kinds, mlp_parts, SGD's rates, the kernel chosen once --------------
+
+
+def test_modules_and_losses_declare_their_kind_by_their_registry_name():
+    assert {name: cls.kind for name, cls in mt.ACTIVATIONS.items()} == {
+        "relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"
+    }  # fmt: skip
+    assert {name: cls.kind for name, cls in mt.LOSSES.items()} == {"mse": "mse", "mae": "mae"}
+    assert mt.Linear.kind == "linear"
+    assert mt.Sequential.kind is None and mt.Module.kind is None and mt.Loss.kind is None
+
+
+def test_mlp_parts_describes_the_model_with_its_own_tensors():
+    model = mt.mlp((2, 4, 3, 1), ("relu", "tanh"), replicas=2, tanh_grad="report")
+    parts = mt.fast.mlp_parts(model)
+    assert parts.sizes == (2, 4, 3, 1)
+    assert parts.activations == ("relu", "tanh")
+    assert (parts.tanh_grad, parts.replicas, parts.dtype) == ("report", 2, torch.float32)
+    assert parts.weights[1] is model[2].weight and parts.grad_biases[2] is model[4].grad_bias
+    assert mt.fast.mlp_parts(mt.mlp((2, 3, 1), ("sigmoid",))).replicas is None
+    with pytest.raises(TypeError, match=r"mlp_parts: the model is Linear\(.*\); expected a Seq"):
+        mt.fast.mlp_parts(mt.Linear(2, 2))
+
+
+def test_sgd_replica_lrs_are_what_the_native_kernel_applies():
+    model = mt.mlp((2, 3, 1), ("tanh",), replicas=3)
+    opt = mt.SGD(model.params(), 0.25)
+    assert torch.equal(opt.replica_lrs(3), torch.full((3,), 0.25))
+    opt.set_lr(torch.tensor([0.1, 0.0, 0.3], dtype=torch.float64))
+    rates = opt.replica_lrs(3)
+    assert rates.dtype == torch.float32 and rates.is_contiguous()
+    assert rates.tolist() == pytest.approx([0.1, 0.0, 0.3])
+    with pytest.raises(ValueError, match=r"SGD: 3 per-replica learning rates were asked for 4"):
+        opt.replica_lrs(4)
+
+
+def test_optimizer_without_replica_lrs_is_refused():
+    model, loss, _ = build(("tanh",) * 3, None, torch.float32, "mse", 0.1)
+    with pytest.raises(TypeError, match=r"optimizer <object .*> has no replica_lrs\(\); expected"):
+        mt.FusedMLPStep(model, loss, object())  # type: ignore[arg-type]
+
+
+def test_kernel_is_chosen_once_and_torch_never_loads_the_native_library(monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("the native library was loaded after construction")
+
+    model, loss, opt = build(("tanh",) * 3, 2, torch.float32, "mse", 0.1)
+    auto = mt.FusedMLPStep(model, loss, opt)  # float32: the native kernel, loaded here
+    assert (auto.kernel, auto.kernel_used, auto.native) == ("auto", "native", True)
+    monkeypatch.setattr(native, "load", no_load)
+    fused = mt.FusedMLPStep(model, loss, opt, kernel="torch")
+    assert (fused.kernel_used, fused.native) == ("torch", False)
+    x, y = torch.rand(2, 10, 2), torch.rand(2, 10, 2)
+    before = torch.get_num_threads()
+    for threads in (1, 2):  # the old "auto" re-chose its kernel by the thread count each step
+        torch.set_num_threads(threads)
+        try:
+            for f in (auto, fused):
+                f.step(x[:, :5], y[:, :5])
+                f.epoch(x, y, 5)
+                f.forward(x)
+        finally:
+            torch.set_num_threads(before)
+    assert (auto.kernel_used, fused.kernel_used) == ("native", "torch")
+    with pytest.raises(AttributeError):
+        fused.kernel_used = "native"  # type: ignore[misc]
+
+
+def test_auto_takes_torch_for_float64_without_a_warning(recwarn):
+    model, loss, opt = build(("tanh",) * 3, 2, torch.float64, "mae", 0.1)
+    fused = mt.FusedMLPStep(model, loss, opt)
+    assert (fused.kernel_used, fused.native) == ("torch", False)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_minitorch_native_is_the_fast_paths_builder():
+    assert mt.native is native and mt.fast.native is native
+    assert native.CSRC.parent.name == "fast" and (native.CSRC / "mlp_net.hpp").is_file()
+    assert mt.KERNELS == ("auto", "native", "torch")
 
 
 # --- the native kernel -------------------------------------------------------------------------
@@ -168,9 +249,9 @@ def assert_native_epochs_equal_modules(
 
 
 @pytest.mark.parametrize("tanh_grad", mt.TANH_GRADS)
-def test_torch_kernels_epoch_equals_native_epoch(tanh_grad):
+def test_torch_kernel_epoch_equals_native_epoch(tanh_grad):
     runs = []
-    for kernel in ("native", "numpy", "torch"):
+    for kernel in ("native", "torch"):
         model, loss, opt = wide_model(2, ("tanh", "relu", "tanh"), tanh_grad=tanh_grad)
         gen = torch.Generator().manual_seed(4)
         x, y = torch.rand(2, 23, 3, generator=gen), torch.rand(2, 23, 3, generator=gen)
@@ -219,22 +300,22 @@ def test_native_nan_replica_stays_nan_and_alone(acts, tanh_grad, layout):
 
 def test_native_build_is_cached_once_per_architecture(tmp_path, monkeypatch):
     monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(tmp_path))
-    mt.native.load.cache_clear()
+    native.load.cache_clear()
     try:
-        lib = mt.native.load((2, 5, 2), ("tanh",), "mae")
+        lib = native.load((2, 5, 2), ("tanh",), "mae")
         assert lib.mt_layers() == 2
         built = [p.name for p in tmp_path.iterdir()]
         assert len(built) == 1 and built[0].startswith("mlp_2-5-2_") and built[0].endswith(".so")
-        mt.native.load.cache_clear()
+        native.load.cache_clear()
         mtime = (tmp_path / built[0]).stat().st_mtime_ns
-        mt.native.load((2, 5, 2), ("tanh",), "mae")  # from disk, not rebuilt
+        native.load((2, 5, 2), ("tanh",), "mae")  # from disk, not rebuilt
         assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
         assert [p.name for p in tmp_path.iterdir()] == built
         # The report's tanh derivative is compiled in: a kernel of its own.
-        mt.native.load((2, 5, 2), ("tanh",), "mae", tanh_grad="report")
+        native.load((2, 5, 2), ("tanh",), "mae", tanh_grad="report")
         assert len(list(tmp_path.iterdir())) == 2
     finally:
-        mt.native.load.cache_clear()
+        native.load.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -248,8 +329,8 @@ def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path, monkey
                                                                  message):  # fmt: skip
     monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", cxx)
-    mt.native.load.cache_clear()
-    mt.native._compiler.cache_clear()
+    native.load.cache_clear()
+    native._compiler.cache_clear()
     try:
         model, loss, opt = build(("tanh",) * 3, 2, torch.float32, "mse", 0.1)
         with pytest.raises(ValueError, match=r"kernel='native' cannot be used: " + message):
@@ -260,15 +341,15 @@ def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path, monkey
         assert all(torch.isfinite(p).all() for p, _ in model.params())
         assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
     finally:
-        mt.native.load.cache_clear()
-        mt.native._compiler.cache_clear()
+        native.load.cache_clear()
+        native._compiler.cache_clear()
 
 
 def test_unwritable_kernel_cache_is_named(tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(blocker / "kernels"))
-    mt.native.load.cache_clear()
+    native.load.cache_clear()
     try:
         model, loss, opt = build(("tanh",) * 3, 2, torch.float32, "mae", 0.1)
         with pytest.raises(ValueError, match=r"cannot write the kernel cache .*not-a-dir/kernels"):
@@ -276,7 +357,7 @@ def test_unwritable_kernel_cache_is_named(tmp_path, monkeypatch):
         with pytest.warns(RuntimeWarning, match=r"set \$MINITORCH_KERNEL_CACHE"):
             mt.FusedMLPStep(model, loss, opt)
     finally:
-        mt.native.load.cache_clear()
+        native.load.cache_clear()
 
 
 def test_native_refuses_mismatched_inputs():
@@ -290,7 +371,7 @@ def test_native_refuses_mismatched_inputs():
         fused.epoch(torch.rand(2, 10, 3), torch.rand(2, 10, 3), 0)
 
 
-@pytest.mark.parametrize("kernel", ["native", "numpy"])
+@pytest.mark.parametrize("kernel", ["native", "torch"])
 def test_epoch_order_visits_rows_as_listed(kernel):
     """order[r] = the rows replica r visits; it equals training on the gathered copy."""
     R, N, M, B = 2, 12, 17, 5  # more visits than rows: indices may repeat

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import minitorch as mt
+from minitorch.fast import native
 from tests.minitorch.test_fused import assert_native_epochs_equal_modules
 
 SIZES = (3, 25, 40, 17, 3)  # as test_fused.wide_model: its builds are cached already
@@ -79,28 +80,28 @@ def test_forced_avx2_and_generic_builds(tmp_path, monkeypatch):
     product and sum apart, so it is only close to them, but its layouts still agree exactly."""
     sizes, acts, loss, tanh_grad = (3, 9, 5, 2), ("tanh", "relu"), "mae", "report"  # builds fast
     case = (acts, loss, tanh_grad, sizes)
-    native = train(11, "auto", 2, *case)  # the default build
-    machine = mt.native.features(mt.native.load(sizes, acts, loss, tanh_grad))
+    default = train(11, "auto", 2, *case)  # the default build
+    machine = native.features(native.load(sizes, acts, loss, tanh_grad))
     monkeypatch.setenv("MINITORCH_KERNEL_CACHE", str(tmp_path))
-    mt.native.load.cache_clear()
+    native.load.cache_clear()
     try:
         for isa in ("avx2", "generic"):
             monkeypatch.setenv("MINITORCH_NATIVE_ISA", isa)
-            features = mt.native.features(mt.native.load(sizes, acts, loss, tanh_grad))
+            features = native.features(native.load(sizes, acts, loss, tanh_grad))
             got = train(11, "auto", 2, *case)
             if isa == "avx2":
                 assert features == machine - {"avx512f", "avx512vl"}
-                for a, b in zip(native, got, strict=True):
+                for a, b in zip(default, got, strict=True):
                     assert torch.equal(a, b)
             else:
                 assert features == set()
-                for a, b in zip(native, got, strict=True):
+                for a, b in zip(default, got, strict=True):
                     torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
                 for a, b in zip(got, train(11, "lanes", 1, *case), strict=True):
                     assert torch.equal(a, b)
         assert len(list(tmp_path.glob("mlp_*.so"))) == 2  # one file per instruction set
         monkeypatch.setenv("MINITORCH_NATIVE_ISA", "avx1024")
         with pytest.raises(ValueError, match=r"MINITORCH_NATIVE_ISA='avx1024' is not known"):
-            mt.native.load(sizes, acts, loss, tanh_grad)
+            native.load(sizes, acts, loss, tanh_grad)
     finally:
-        mt.native.load.cache_clear()
+        native.load.cache_clear()

@@ -3,10 +3,11 @@
 // mlp_lanes.hpp holds the "lanes" layout, V replicas at a time, one per vector lane, which
 // trains every group of V replicas (mlp_net.hpp decides which replicas go where).
 //
-// minitorch/native.py compiles this once per architecture: the file that includes it defines
-// NL (number of Linear layers), SIZES[NL + 1], ACTS[NL] (activation after each layer, NONE for
-// the last) and LOSS, then includes mlp_net.hpp (which includes this header). Plain C++17 with
-// GCC vector extensions, no torch headers, so it builds in a few seconds with the machine's g++.
+// minitorch/fast/native.py compiles this once per architecture: the file that includes it
+// defines NL (number of Linear layers), SIZES[NL + 1], ACTS[NL] (activation after each layer,
+// NONE for the last) and LOSS, then includes mlp_net.hpp (which includes this header). Plain
+// C++17 with GCC vector extensions, no torch headers, so it builds in a few seconds with the
+// machine's g++.
 //
 // The rows layout: a replica's weights (a few KB) stay in L1 for every step of an epoch, all
 // three products of a layer (forward, weight gradient, input gradient) are one register-blocked

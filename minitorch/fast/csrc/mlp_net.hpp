@@ -1,6 +1,6 @@
 // One MLP architecture on the kernels of mlp.hpp (rows layout) and mlp_lanes.hpp (lanes
 // layout): forward, loss gradient, backward, SGD update in each, and the entry points
-// minitorch/native.py calls through ctypes. The including file defines NL, SIZES[NL + 1],
+// minitorch/fast/native.py calls through ctypes. The including file defines NL, SIZES[NL + 1],
 // ACTS[NL] and LOSS first (see mlp.hpp). With -DMT_PROFILE the lanes layout records the least
 // time of each of its phases in mt::prof (csrc/profile.cpp prints them).
 #pragma once

@@ -4,7 +4,7 @@
 // layout, the least time of each phase of a group's step. Not part of the build of the kernels.
 //
 //   g++ -O3 -march=native -std=c++17 -fno-math-errno -pthread -DMT_PROFILE \
-//       minitorch/csrc/profile.cpp -o /tmp/mt_profile && /tmp/mt_profile [R] [batch] [epochs]
+//       minitorch/fast/csrc/profile.cpp -o /tmp/mt_profile && /tmp/mt_profile [R] [batch] [epochs]
 //
 // TSC ticks are not core cycles (the TSC runs at the base clock); compare the phases with each
 // other and with an sgemm measured the same way, not with a nominal peak.
