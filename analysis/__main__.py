@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from analysis.errors import AnalysisError
 
 if TYPE_CHECKING:
-    from analysis.report import Analysis, Options
+    from analysis.output import Analysis, Options
 
 
 def _positive_int(text: str) -> int:
@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
             "run tagged mtl.study=report. Bad input or an unusable store: one paragraph, exit 2."
         ),
     )
+    _selection_args(p)
+    _bootstrap_args(p)
+    _output_args(p)
+    return p
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    """Which study: experiment, run id, tags, --all, --compare, and the store."""
     sel = p.add_argument_group("selection (default: latest FINISHED study, mtl.study=report)")
     sel.add_argument("--experiment", help="MLflow experiment name (report, grid, quick, ...)")
     sel.add_argument(
@@ -78,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri",
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/runs/mlflow.db)",
     )
+
+
+def _bootstrap_args(p: argparse.ArgumentParser) -> None:
+    """How to resample: counts, m, confidence, method, seed (defaults: the report's)."""
     bs = p.add_argument_group("bootstrap")
     bs.add_argument(
         "--n-resamples",
@@ -105,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="resamples per configuration when ranking a grid, 10^3 to 10^6 (default 10^4)",
     )
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    """Where and what to write: name, folder, curves source, MLflow, progress."""
     out = p.add_argument_group("output")
     out.add_argument("--name", help="report name (default <study>-<run id[:8]>)")
     out.add_argument("--out", type=Path, help="reports directory (default <repo>/runs/reports)")
@@ -116,11 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--no-mlflow", action="store_true", help="do not log the analysis run")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    return p
 
 
 def _options(args: argparse.Namespace, argv: list[str]) -> Options:
-    from analysis.report import Options
+    from analysis.output import Options
 
     return Options(
         name=args.name,
@@ -140,7 +155,8 @@ def _options(args: argparse.Namespace, argv: list[str]) -> Options:
 def _run(args: argparse.Namespace, argv: list[str]) -> Analysis:
     """Check the settings, read the study, warn about what it lacks, analyse it."""
     from analysis.collect import load_study, parse_tags
-    from analysis.report import analyse, check_options
+    from analysis.output import check_options
+    from analysis.report import analyse
 
     opts = _options(args, argv)
     check_options(opts)  # before the store is read: bad settings fail in a second
@@ -162,7 +178,7 @@ def _run_compare(args: argparse.Namespace, argv: list[str]) -> Analysis:
     """Check the settings, read every compared study, compare them."""
     from analysis.collect import parse_tags
     from analysis.compare import compare, select_studies
-    from analysis.report import check_options
+    from analysis.output import check_options
 
     if args.run_id or args.all:
         raise AnalysisError(
@@ -200,7 +216,7 @@ def _print_comparison(result: Analysis) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input or an unusable store)."""
     args = build_parser().parse_args(argv)
-    # Imported here so that --help answers without loading mlflow/scipy/matplotlib (~2 s).
+    # Imported here so that --help answers without loading mlflow/scipy/matplotlib (seconds).
     from analysis.store import bounded_store_calls
 
     argv_list = list(sys.argv[1:] if argv is None else argv)

@@ -24,19 +24,19 @@ from scipy import stats
 from analysis.errors import AnalysisError
 
 SCIPY_METHODS = ("BCa", "percentile", "basic")
-# Resamples per chunk: 16k x 100 int16 indices + float64 values stay near 16 MB and are the
-# fastest chunk size measured here (larger chunks fall out of cache and get slower).
+# Resamples per chunk: 16k x 100 int16 indices + float64 values stay near 16 MB, which keeps
+# a chunk in cache (larger chunks were slower here).
 _CHUNK = 1 << 14
 # Fewer resamples leave the ends of a 99% interval (its 0.5% and 99.5% quantiles) resting on a
 # handful of values: 1,000 puts 5 beyond each end.
 MIN_RESAMPLES = 1_000
-# Measured on this 2-core machine with 110 values: benchmarks/analysis.py --n-resamples 1e7 gives
-# 6-10 s (report method) + 17-24 s (scipy BCa), ~260 MB above the imports; the whole CLI at 10^7
-# takes ~40 s and peaks at ~800 MB (~380 MB at the default 10^6), ~50 bytes per resample with
-# the figure. 10^8 would take minutes and ~5 GB; 10^12 (accepted before) ended in a MemoryError.
+# The caps keep an analysis within a minute or so and under a GB on the 2-core machine; the
+# measured times and memory (benchmarks/analysis.py) are in benchmarks/README.md. 10^12
+# (accepted once) ended in a MemoryError.
 MAX_RESAMPLES = 10_000_000
-# Per grid configuration: the report's 100-configuration grid of 10 runs at 10^6 takes ~40 s.
+# Per grid configuration, lower: the report's grid bootstraps 100 configurations.
 MAX_GRID_RESAMPLES = 1_000_000
+# Peak memory of the whole CLI per resample (both methods' distributions and the figure).
 BYTES_PER_RESAMPLE = 50
 
 
@@ -132,8 +132,8 @@ def check_resample_count(
     if value > maximum:
         raise AnalysisError(
             f"{flag} {value:,} is more resamples than this analysis computes in reasonable time "
-            f"and memory (~{value * BYTES_PER_RESAMPLE / 1e9:,.1f} GB, ~4 us each); {accepted} "
-            "(the whole analysis of 110 runs at 10^7 takes ~40 s and ~0.8 GB on 2 cores)."
+            f"and memory (~{value * BYTES_PER_RESAMPLE / 1e9:,.1f} GB at ~{BYTES_PER_RESAMPLE} "
+            f"bytes each); {accepted} (measured times and memory: benchmarks/README.md)."
         )
 
 
@@ -146,6 +146,34 @@ def _percentile(dist: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = 1.0 - confidence
     low, high = np.quantile(dist, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def _resample_moments(
+    c: np.ndarray,
+    n_resamples: int,
+    m: int,
+    seed: int,
+    chunk: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (ddof=1) of each of ``n_resamples`` resamples of m of the values ``c``,
+    drawn ``chunk`` resamples at a time so that memory stays bounded."""
+    n = c.size
+    # Smallest index type that holds n: int16 draws were faster than int64 here.
+    idx_dtype = np.int16 if n <= np.iinfo(np.int16).max else np.int64
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    stds = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        k = min(chunk, n_resamples - start)
+        sample = c[rng.integers(0, n, size=(k, m), dtype=idx_dtype)]
+        mu = sample.mean(axis=1)
+        ss = np.einsum("ij,ij->i", sample, sample) - m * mu * mu
+        means[start : start + k] = mu
+        stds[start : start + k] = np.sqrt(np.maximum(ss, 0.0) / (m - 1))
+        if progress is not None:
+            progress(start + k, n_resamples)
+    return means, stds
 
 
 def m_out_of_n_bootstrap(
@@ -178,21 +206,7 @@ def m_out_of_n_bootstrap(
     center = float(x.mean())
     # Centred values keep the one-pass variance (sum of squares minus m*mean^2) exact enough:
     # accuracies sit near 0.98 with spreads near 0.005, which would cancel badly uncentred.
-    c = x - center
-    # Smallest index type that holds n: int16 draws are ~40% faster than int64 here.
-    idx_dtype = np.int16 if n <= np.iinfo(np.int16).max else np.int64
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    stds = np.empty(n_resamples)
-    for start in range(0, n_resamples, chunk):
-        k = min(chunk, n_resamples - start)
-        sample = c[rng.integers(0, n, size=(k, m), dtype=idx_dtype)]
-        mu = sample.mean(axis=1)
-        ss = np.einsum("ij,ij->i", sample, sample) - m * mu * mu
-        means[start : start + k] = mu
-        stds[start : start + k] = np.sqrt(np.maximum(ss, 0.0) / (m - 1))
-        if progress is not None:
-            progress(start + k, n_resamples)
+    means, stds = _resample_moments(x - center, n_resamples, m, seed, chunk, progress)
     means += center
     note = ""
     if np.ptp(x) == 0.0:
@@ -224,6 +238,51 @@ def _std(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.std(x, axis=axis, ddof=1)
 
 
+def scipy_interval(
+    samples: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    *,
+    n_resamples: int,
+    confidence: float,
+    method: str,
+    seed: int,
+    batch: int = 10_000,
+) -> tuple[float, float, np.ndarray, bool]:
+    """(low, high, bootstrap distribution, fell back) of ``statistic`` over ``samples`` by
+    ``scipy.stats.bootstrap``. Where ``method`` is undefined (BCa with a distribution all on
+    one side, tiny n) the percentile interval of the same resamples is returned instead, and
+    ``fell back`` is True, so that the caller can say so."""
+    # Warnings silenced: an undefined interval is detected below and reported by the caller.
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap(
+            samples,
+            statistic,
+            n_resamples=n_resamples,
+            batch=batch,
+            vectorized=True,
+            confidence_level=confidence,
+            method=method,
+            rng=np.random.default_rng(seed),
+        )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    dist = np.asarray(res.bootstrap_distribution)
+    if np.isfinite(low) and np.isfinite(high):
+        return low, high, dist, False
+    return (*_percentile(dist, confidence), dist, True)
+
+
+def _scipy_method(method: str) -> str:
+    """The method's name as scipy spells it, or raise naming the accepted ones."""
+    by_lower = {m.lower(): m for m in SCIPY_METHODS}
+    if method.lower() not in by_lower:
+        raise AnalysisError(
+            f"bootstrap method {method!r} is not known; accepted: {', '.join(SCIPY_METHODS)} "
+            "(case-insensitive)."
+        )
+    return by_lower[method.lower()]
+
+
 def scipy_bootstrap(
     values: Sequence[float] | np.ndarray,
     *,
@@ -243,20 +302,14 @@ def scipy_bootstrap(
     _check_cap(n_resamples)
     _check_positive("batch", batch)
     _check_confidence(confidence)
-    by_lower = {m.lower(): m for m in SCIPY_METHODS}
-    if method.lower() not in by_lower:
-        raise AnalysisError(
-            f"bootstrap method {method!r} is not known; accepted: {', '.join(SCIPY_METHODS)} "
-            "(case-insensitive)."
-        )
-    method = by_lower[method.lower()]
+    method = _scipy_method(method)
     t0 = time.perf_counter()
     center, spread = float(x.mean()), float(x.std(ddof=1))
+    common = dict(n=x.size, resample_size=x.size, n_resamples=n_resamples)
     if np.ptp(x) == 0.0:
-        point = dict(n=x.size, resample_size=x.size, n_resamples=n_resamples)
         return BootstrapResult(
             method=method,
-            **point,
+            **common,
             confidence=confidence,
             seed=seed,
             mean=Interval("mean", center, center, center, np.full(1, center)),
@@ -268,32 +321,16 @@ def scipy_bootstrap(
     notes = []
     for name, fn, estimate in (("mean", _mean, center), ("std", _std, spread)):
         # Same seed for both statistics: they see the same resamples, as in the m-out-of-n method.
-        # Warnings silenced: an undefined BCa (tiny n) is detected below and reported in `note`.
-        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (x,),
-                fn,
-                n_resamples=n_resamples,
-                batch=batch,
-                vectorized=True,
-                confidence_level=confidence,
-                method=method,
-                rng=np.random.default_rng(seed),
-            )
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        dist = np.asarray(res.bootstrap_distribution)
-        if not (np.isfinite(low) and np.isfinite(high)):
-            # BCa can still be undefined (e.g. a bootstrap distribution with one value on a
-            # side); fall back to the percentile interval of the same resamples and say so.
-            low, high = _percentile(dist, confidence)
+        low, high, dist, fell_back = scipy_interval(
+            (x,), fn, n_resamples=n_resamples, confidence=confidence, method=method, seed=seed,
+            batch=batch,
+        )  # fmt: skip
+        if fell_back:
             notes.append(f"{name}: {method} undefined, percentile interval used")
         intervals.append(Interval(name, estimate, low, high, dist))
     return BootstrapResult(
         method=method,
-        n=x.size,
-        resample_size=x.size,
-        n_resamples=n_resamples,
+        **common,
         confidence=confidence,
         seed=seed,
         mean=intervals[0],

@@ -503,7 +503,7 @@ def load_curves(
     """Curves of the runs (rows with run_id, artifact_uri) as one long DataFrame.
 
     ``source``: "artifact" reads each run's curves.csv (one file per run), "metrics" the step
-    metrics (four queries per run); for 110 runs x 401 points on local sqlite: 0.3 s vs 7.5 s.
+    metrics (four queries per run, much slower; times in benchmarks/README.md).
     Runs whose curves are missing from the chosen source are retried from the other one; those
     missing from both are returned. ``workers`` threads (default: 1 for a local store, where
     threads only contend, 8 for a server, where they overlap round trips).

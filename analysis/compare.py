@@ -11,39 +11,44 @@ the mean into the report's interval.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
-from scipy import stats
 
 from analysis import figures
-from analysis.bootstrap import BootstrapResult, m_out_of_n_bootstrap, scipy_bootstrap
+from analysis.bootstrap import (
+    BootstrapResult,
+    m_out_of_n_bootstrap,
+    scipy_bootstrap,
+    scipy_interval,
+)
 from analysis.collect import Study, load_study, select_top_runs
 from analysis.errors import AnalysisError
-from analysis.report import (
-    REPORT,
+from analysis.output import (
     Analysis,
     Options,
-    _count,
-    _counts_line,
-    _fmt_iv,
-    _git_commit,
-    _say,
-    _write_summary,
+    analysis_info,
     check_options,
+    count,
+    counts_line,
+    fill_template,
+    finish,
+    fmt_iv,
+    log_analysis_run,
+    published,
     render_markdown,
     render_text,
     report_dir,
     resample_size,
+    say,
 )
+from analysis.published import REPORT
 from analysis.store import resolve_tracking_uri, store_error, store_errors
+from experiments.provenance import environment, git_state
 from experiments.record_format import VERSION, Kind, Tag
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -89,60 +94,72 @@ def select_studies(
     matching ``experiment`` / ``tags``."""
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
-    picked: list[tuple[str, list]] = []  # (run id, skipped runs)
     try:
         if items:
-            for item in items:
-                if RUN_ID.fullmatch(item):
-                    picked.append((item, []))
-                    continue
-                # A study's runs log to the experiment of its name; other experiments may hold
-                # runs tagged with the same study (an lr check of the report preset, say).
-                exp = experiment
-                if exp is None and client.get_experiment_by_name(item) is not None:
-                    exp = item
-                try:
-                    top, skipped = select_top_runs(
-                        client, experiment=exp, tags={**tags, Tag.STUDY: item}
-                    )
-                except AnalysisError as e:
-                    raise AnalysisError(
-                        f"--compare {item!r} is neither a 32-hex run id nor a study with a "
-                        f"FINISHED run: {e}"
-                    ) from None
-                picked.append((top[0].info.run_id, skipped))
+            picked = [_pick_item(client, item, experiment, tags) for item in items]
         else:
-            if experiment is None and not tags:
-                raise AnalysisError(
-                    "--compare without studies needs --experiment NAME and/or --tag KEY=VALUE "
-                    "to say which FINISHED studies to compare; or name them: --compare report "
-                    "report_faithful (study names or sweep/job run ids)."
-                )
-            top, skipped = select_top_runs(client, experiment=experiment, tags=tags, all_runs=True)
-            picked = [(r.info.run_id, skipped if i == 0 else []) for i, r in enumerate(top)]
+            picked = _pick_all(client, experiment, tags)
     except store_errors() as e:
         raise store_error(uri, e, "selecting the studies to compare") from None
-    ids = [rid for rid, _ in picked]
-    repeated = sorted({r for r in ids if ids.count(r) > 1})
-    if repeated:
-        raise AnalysisError(
-            f"--compare selects run {repeated[0]} more than once (items: {' '.join(items)}); "
-            "give each study once."
-        )
-    if len(picked) < 2:
-        what = f"items: {' '.join(items)}" if items else "the --experiment/--tag filter"
-        raise AnalysisError(
-            f"--compare needs at least two studies to compare; {what} selected "
-            f"{len(picked)} ({', '.join(ids) or 'none'}). Name two or more, e.g. "
-            "`--compare report report_faithful` (study names or sweep/job run ids), or use "
-            "--experiment NAME holding two or more FINISHED studies."
-        )
+    _check_picked([rid for rid, _ in picked], items)
     studies = []
     for rid, skipped in picked:
         study = load_study(uri, run_id=rid, curves=None, verbose=verbose)
         study.skipped = skipped
         studies.append(study)
     return studies
+
+
+def _pick_item(
+    client: MlflowClient, item: str, experiment: str | None, tags: dict[str, str]
+) -> tuple[str, list]:
+    """(run id, skipped runs) of one --compare item: a run id as it is, or a study's latest."""
+    if RUN_ID.fullmatch(item):
+        return item, []
+    # A study's runs log to the experiment of its name; other experiments may hold runs
+    # tagged with the same study (an lr check of the report preset, say).
+    exp = experiment
+    if exp is None and client.get_experiment_by_name(item) is not None:
+        exp = item
+    try:
+        top, skipped = select_top_runs(client, experiment=exp, tags={**tags, Tag.STUDY: item})
+    except AnalysisError as e:
+        raise AnalysisError(
+            f"--compare {item!r} is neither a 32-hex run id nor a study with a FINISHED run: {e}"
+        ) from None
+    return top[0].info.run_id, skipped
+
+
+def _pick_all(
+    client: MlflowClient, experiment: str | None, tags: dict[str, str]
+) -> list[tuple[str, list]]:
+    """(run id, skipped runs) of every FINISHED study matching --experiment / --tag."""
+    if experiment is None and not tags:
+        raise AnalysisError(
+            "--compare without studies needs --experiment NAME and/or --tag KEY=VALUE "
+            "to say which FINISHED studies to compare; or name them: --compare report "
+            "report_faithful (study names or sweep/job run ids)."
+        )
+    top, skipped = select_top_runs(client, experiment=experiment, tags=tags, all_runs=True)
+    return [(r.info.run_id, skipped if i == 0 else []) for i, r in enumerate(top)]
+
+
+def _check_picked(ids: list[str], items: list[str]) -> None:
+    """Refuse a selection that names a run twice or holds fewer than two studies."""
+    repeated = sorted({r for r in ids if ids.count(r) > 1})
+    if repeated:
+        raise AnalysisError(
+            f"--compare selects run {repeated[0]} more than once (items: {' '.join(items)}); "
+            "give each study once."
+        )
+    if len(ids) < 2:
+        what = f"items: {' '.join(items)}" if items else "the --experiment/--tag filter"
+        raise AnalysisError(
+            f"--compare needs at least two studies to compare; {what} selected "
+            f"{len(ids)} ({', '.join(ids) or 'none'}). Name two or more, e.g. "
+            "`--compare report report_faithful` (study names or sweep/job run ids), or use "
+            "--experiment NAME holding two or more FINISHED studies."
+        )
 
 
 def _training_params(runs) -> dict[str, object]:
@@ -215,19 +232,12 @@ def _difference(row: Row, base: Row, opts: Options) -> None:
         def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
             return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
-        est, note = float(a.mean() - b.mean()), ""
-        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (a, b), stat, n_resamples=opts.n_resamples, batch=10_000, vectorized=True,
-                confidence_level=conf, method=opts.method, rng=np.random.default_rng(opts.seed),
-            )  # fmt: skip
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        dist = np.asarray(res.bootstrap_distribution)
-        if not (np.isfinite(low) and np.isfinite(high)):
-            alpha = 1 - conf
-            low, high = (float(q) for q in np.quantile(dist, [alpha / 2, 1 - alpha / 2]))
-            note = f"{opts.method} undefined, percentile interval used"
+        est = float(a.mean() - b.mean())
+        low, high, dist, fell_back = scipy_interval(
+            (a, b), stat, n_resamples=opts.n_resamples, confidence=conf, method=opts.method,
+            seed=opts.seed,
+        )  # fmt: skip
+        note = f"{opts.method} undefined, percentile interval used" if fell_back else ""
         how = f"independent ({len(a)} and {len(b)} runs resampled separately)"
     row.diff = dict(
         estimate=est, low=low, high=high, pairing=how, method=opts.method, note=note,
@@ -271,13 +281,13 @@ def table_rows(rows: list[Row], base: Row) -> tuple[list[dict[str, str]], list[s
                 "differs from baseline": _differs_text(r, base),
                 "n": str(rm.n),
                 "mean (%)": f"{rm.mean.estimate * 100:.2f}",
-                "mean CI, report method": _fmt_iv(rm.mean.low, rm.mean.high),
-                f"mean CI, {st.method}": _fmt_iv(st.mean.low, st.mean.high),
+                "mean CI, report method": fmt_iv(rm.mean.low, rm.mean.high),
+                f"mean CI, {st.method}": fmt_iv(st.mean.low, st.mean.high),
                 "std (pp)": f"{rm.std.estimate * 100:.2f}",
-                "std CI, report method": _fmt_iv(rm.std.low, rm.std.high),
-                f"std CI, {st.method}": _fmt_iv(st.std.low, st.std.high),
+                "std CI, report method": fmt_iv(rm.std.low, rm.std.high),
+                f"std CI, {st.method}": fmt_iv(st.std.low, st.std.high),
                 "diff (pp)": "0" if r is base else f"{d['estimate'] * 100:+.2f}",
-                "diff CI": "baseline" if r is base else _fmt_iv(d["low"], d["high"]),
+                "diff CI": "baseline" if r is base else fmt_iv(d["low"], d["high"]),
             }
         )
     method = rows[0].standard.method
@@ -295,7 +305,7 @@ def table_rows(rows: list[Row], base: Row) -> tuple[list[dict[str, str]], list[s
             "std CI, report method": f"[{REPORT['std'][0]:.2f}, {REPORT['std'][1]:.2f}]",
             f"std CI, {method}": "n/a",
             "diff (pp)": f"{gap:+.2f} (midpoint)",
-            "diff CI": _fmt_iv(lo - base.standard.mean.estimate * 100,
+            "diff CI": fmt_iv(lo - base.standard.mean.estimate * 100,
                                hi - base.standard.mean.estimate * 100, scale=1.0) + " shifted",
         }
     )  # fmt: skip
@@ -350,7 +360,7 @@ def why_section(rows: list[Row], base: Row) -> list[str]:
             movers.append(r)
         out.append(
             f"- **{_differs_text(r, base)}** ({r.label}): effect {d['estimate'] * 100:+.2f} pp, "
-            f"{conf} interval {_fmt_iv(d['low'], d['high'])} pp, {d['pairing']}; "
+            f"{conf} interval {fmt_iv(d['low'], d['high'])} pp, {d['pairing']}; "
             + ("different from zero" if sig else "not distinguishable from zero")
             + f". Alone it {'brings' if inside else 'does not bring'} the mean into the "
             f"report's interval: {sentence}."
@@ -401,7 +411,7 @@ def _summary(rows: list[Row], base: Row, studies: list[Study], opts: Options, na
         "name": name,
         "baseline": base.label,
         "rows": [row_dict(r) for r in rows],
-        "report": {k: list(v) if isinstance(v, tuple) else v for k, v in REPORT.items()},
+        "report": published(),
         "selection": {
             "tracking_uri": studies[0].tracking_uri,
             "top_run_ids": [s.top_runs[0].info.run_id for s in studies],
@@ -409,11 +419,7 @@ def _summary(rows: list[Row], base: Row, studies: list[Study], opts: Options, na
         },
         "counts": {s.top_runs[0].info.run_id: s.counts() for s in studies},
         "warnings": [w for s in studies for w in s.warnings(limit=None)],
-        "analysis": {
-            "git_commit": _git_commit(),
-            "command": opts.command,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        },
+        "analysis": analysis_info(opts, git_state().commit),
     }
 
 
@@ -424,32 +430,22 @@ def _out_dir(opts: Options, rows: list[Row]) -> tuple[str, Path]:
 
 def _log(studies: list[Study], out_dir: Path, opts: Options, name: str) -> str:
     """Log the comparison's files as an analysis run in the first study's experiment."""
-    client = MlflowClient(tracking_uri=studies[0].tracking_uri)
     tags = {
         Tag.FORMAT: VERSION,
         Tag.KIND: Kind.ANALYSIS,
         Tag.STUDY: "comparison",
+        Tag.GIT_COMMIT: git_state().commit,
         Tag.COMMAND: opts.command,
+        **environment(),  # Python, library versions, CPU (experiments/provenance.py)
         Tag.ANALYSED_RUN_IDS: ",".join(s.top_runs[0].info.run_id for s in studies),
     }
+    client = MlflowClient(tracking_uri=studies[0].tracking_uri)
     exp = studies[0].top_runs[0].info.experiment_id
-    rid = client.create_run(exp, tags=tags, run_name=f"analysis-{name}").info.run_id
-    try:
-        client.log_artifacts(rid, str(out_dir))
-    except Exception:
-        with contextlib.suppress(*store_errors()):
-            client.set_terminated(rid, "FAILED")
-        raise
-    client.set_terminated(rid, "FINISHED")
-    return rid
+    return log_analysis_run(client, exp, tags, f"analysis-{name}", out_dir)
 
 
-def compare(studies: list[Study], opts: Options) -> Analysis:
-    """Bootstrap every configuration, difference to the baseline, write the comparison."""
-    check_options(opts)
-    _say(opts, f"comparing {len(studies)} studies ({_count(opts.n_resamples)} resamples each)")
-    rows, base = build_rows(studies, opts)
-    name, out_dir = _out_dir(opts, rows)
+def _figure(rows: list[Row], base: Row, opts: Options, out_dir: Path) -> Path:
+    """The bootstrap distributions of every mean and every difference, saved; the PNG path."""
     fig = figures.comparison_figure(
         [
             (r.label, r.standard.mean.distribution, (r.standard.mean.low, r.standard.mean.high))
@@ -465,58 +461,57 @@ def compare(studies: list[Study], opts: Options) -> Analysis:
         method=base.standard.method,
         confidence=opts.confidence,
     )
-    png = figures.save(fig, out_dir / "figures", "compare_bootstrap")
+    return figures.save(fig, out_dir / "figures", "compare_bootstrap")
+
+
+def _markdown(
+    studies: list[Study], rows: list[Row], base: Row, table_md: str, summary: dict, figure: str
+) -> str:
+    """report.md of the comparison: templates/comparison.md filled from the rows."""
+    r0 = rows[0]
+    resamples = count(r0.standard.n_resamples)
+    ids = [(s.study_name, s.top_runs[0].info.run_id) for s in studies]
+    return fill_template(
+        "comparison.md",
+        {
+            "name": summary["name"],
+            "studies": ", ".join(f"{name} (`{rid}`)" for name, rid in ids),
+            "study_counts": "\n".join(
+                f"- {name} (`{rid}`): {counts_line(s.counts())}"
+                for (name, rid), s in zip(ids, studies, strict=True)
+            ),
+            "warnings": "\n".join(f"- warning: {w}" for w in summary["warnings"]),
+            "table": table_md,
+            "resamples": resamples,
+            "m": r0.report_method.resample_size,
+            "conf": f"{r0.standard.confidence:.0%}",
+            "method": r0.standard.method,
+            "pairings": "; ".join(f"{r.label}: {r.diff['pairing']}" for r in rows if r is not base),
+            "why": "\n".join(why_section(rows, base)),
+            "figure": figure,
+        },
+    )
+
+
+def compare(studies: list[Study], opts: Options) -> Analysis:
+    """Bootstrap every configuration, difference to the baseline, write the comparison."""
+    check_options(opts)
+    say(opts, f"comparing {len(studies)} studies ({count(opts.n_resamples)} resamples each)")
+    rows, base = build_rows(studies, opts)
+    name, out_dir = _out_dir(opts, rows)
+    png = _figure(rows, base, opts, out_dir).relative_to(out_dir)
     trows, cols = table_rows(rows, base)
     summary = _summary(rows, base, studies, opts, name)
-    summary["figures"] = {"compare_bootstrap": str(png.relative_to(out_dir))}
-    conf = f"{opts.confidence:.0%}"
-    r0 = rows[0]
-    md = [
-        f"# Comparison: {name}",
-        "",
-        "Studies: " + ", ".join(f"{s.study_name} (`{s.top_runs[0].info.run_id}`)" for s in studies),
-        "",
-        *[
-            f"- {s.study_name} (`{s.top_runs[0].info.run_id}`): {_counts_line(s.counts())}"
-            for s in studies
-        ],
-        *[f"- warning: {w}" for w in summary["warnings"]],
-        "",
-        render_markdown(trows, cols),
-        "",
-        f"- Report method: {_count(opts.n_resamples)} resamples of m = "
-        f"{r0.report_method.resample_size} (or n if fewer) out of n, percentile {conf}; "
-        f"standard: scipy {r0.standard.method}, n out of n. Std in pp, ddof=1.",
-        f"- diff: mean minus the baseline's mean, {conf} {r0.standard.method} interval of "
-        f"{_count(opts.n_resamples)} resamples, "
-        + "; ".join(f"{r.label}: {r.diff['pairing']}" for r in rows if r is not base)
-        + ".",
-        "- The report's row: its published intervals; its diff is the midpoint of its mean "
-        "interval minus the baseline's mean, and the interval shifted the same way (the "
-        "report gives no runs to bootstrap).",
-        "",
-        *why_section(rows, base),
-        "## Figure",
-        "",
-        f"![Bootstrap distributions of the means]({png.relative_to(out_dir).as_posix()})",
-        f"*Bootstrap distributions ({r0.standard.method} resamples) of each configuration's mean "
-        f"and of its difference to the baseline, {conf} intervals dashed; the report's interval "
-        "shaded.*",
-        "",
-    ]
+    summary["figures"] = {"compare_bootstrap": str(png)}
     report_md = out_dir / "report.md"
-    report_md.write_text("\n".join(md))
-    _write_summary(out_dir / "summary.json", summary)
-    rid = err = None
-    if opts.log_to_mlflow:
-        try:
-            rid = _log(studies, out_dir, opts, name)
-        except store_errors() as e:
-            err = (
-                f"the comparison was written to {out_dir}, but "
-                f"{store_error(studies[0].tracking_uri, e, 'logging the analysis run')} Re-run "
-                "with --no-mlflow to skip logging; the files are complete without it."
-            )
-        summary["analysis"].update(mlflow_run_id=rid, mlflow_error=err)
-        _write_summary(out_dir / "summary.json", summary)
+    md = _markdown(studies, rows, base, render_markdown(trows, cols), summary, png.as_posix())
+    report_md.write_text(md)
+    rid, err = finish(
+        out_dir,
+        summary,
+        opts,
+        tracking_uri=studies[0].tracking_uri,
+        log=lambda: _log(studies, out_dir, opts, name),
+        what="comparison",
+    )
     return Analysis(out_dir, report_md, summary, render_text(trows, cols), rid, err)

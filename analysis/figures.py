@@ -47,6 +47,11 @@ def mean_band(curves: pd.DataFrame, column: str, confidence: float) -> pd.DataFr
     return out
 
 
+def loss_label(loss: str | None) -> str:
+    """The loss axis' label, naming the loss the runs used ("MSE", "MAE"; None: unknown)."""
+    return f"loss ({loss.upper()}, log scale)" if loss else "loss (log scale)"
+
+
 def _curve_pair(
     single: pd.DataFrame,
     runs: pd.DataFrame,
@@ -55,11 +60,15 @@ def _curve_pair(
     seed: object,
     confidence: float,
     title: str,
+    loss: str | None = None,
 ) -> Figure:
-    """Left: one run's train/test curves; right: mean over runs with a confidence band."""
+    """Left: one run's train/test curves; right: mean over runs with a confidence band.
+
+    ``loss`` names the loss the runs trained with (their model.loss) on the loss axis.
+    """
     is_acc = metric == "acc"
     scale = 100.0 if is_acc else 1.0
-    ylabel = "accuracy (%)" if is_acc else "loss (MSE, log scale)"
+    ylabel = "accuracy (%)" if is_acc else loss_label(loss)
     n_runs = runs["run_id"].nunique()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for split, color in (("train", TRAIN), ("test", TEST)):
@@ -98,8 +107,12 @@ def curve_figures(
     *,
     confidence: float = 0.99,
     setting: str = "",
+    loss: str | None = None,
 ) -> dict[str, Figure]:
-    """The report's Figure 1 (loss) and Figure 2 (accuracy) against epoch, one run and mean."""
+    """The report's Figure 1 (loss) and Figure 2 (accuracy) against epoch, one run and mean.
+
+    ``loss``: the runs' model.loss, named on Figure 1's axis (None: not recorded, not named).
+    """
     single = curves[curves["run_id"] == single_run_id].sort_values("epoch")
     out = {}
     for metric, stem, what in (
@@ -113,6 +126,7 @@ def curve_figures(
             seed=seed,
             confidence=confidence,
             title=f"{what}{' - ' + setting if setting else ''}",
+            loss=loss,
         )
         out[stem] = fig
     return out
@@ -123,7 +137,7 @@ def bootstrap_figure(
     *,
     reference: dict[str, tuple[float, float]] | None = None,
     reference_label: str = "report",
-) -> Path:
+) -> Figure:
     """Histograms of the bootstrap distributions of mean and std, intervals marked.
 
     ``reference`` maps "mean"/"std" to an interval in percent (the report's), drawn shaded.

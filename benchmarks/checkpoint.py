@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.spec import TrainSpec
 from experiments.training import CHECKPOINT_EVERY, Checkpointing, clear_checkpoints, train_replicas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,14 +49,14 @@ def one_run(study: dict, every: int | None, folder: Path) -> dict[str, float]:
     """Train once; `every` None: without checkpoints. Returns times (s) and checkpoint size."""
     ck = None if every is None else Checkpointing(folder / f"run-{time.monotonic_ns()}", every)
     t = time.perf_counter()
-    res = train_replicas(
-        range(study["replicas"]),
+    spec = TrainSpec(
         epochs=study["epochs"],
         batch_size=study["batch_size"],
         eval_every=study["eval_every"],
         workers=study["workers"],
-        checkpoint=ck,
+        threads=1,  # as the app with trainer.threads=1 (both presets)
     )
+    res = train_replicas(range(study["replicas"]), spec, checkpoint=ck)
     wall = time.perf_counter() - t
     size = 0
     if ck is not None:

@@ -178,6 +178,7 @@ def peak_block(threads_list: list[int], repeats: int, min_block_s: float = 0.2) 
 
 def workers_block(repeats: int, epochs: int) -> None:
     """Throughput of the real loop: 1 process x 1 thread, 1 x 2 threads, 2 processes x 1."""
+    from experiments.spec import TrainSpec
     from experiments.training import train_replicas
 
     variants = [
@@ -190,7 +191,8 @@ def workers_block(repeats: int, epochs: int) -> None:
         for name, workers, threads in variants:
             torch.set_num_threads(threads)
             t = time.perf_counter()
-            train_replicas(range(110), epochs=epochs, eval_every=10, workers=workers)
+            spec = TrainSpec(epochs=epochs, eval_every=10, workers=workers, threads=threads)
+            train_replicas(range(110), spec)
             times[name].append((time.perf_counter() - t) / epochs * 1e3)
     base = statistics.median(times[variants[0][0]])
     print(f"train_replicas, 110 replicas, {epochs} epochs, median of {repeats}")

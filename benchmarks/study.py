@@ -81,16 +81,9 @@ def run_study(epochs: int, workers: int, store: Path) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, nargs=2, default=[200, 600])
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--full", action="store_true", help="also run the real 4000-epoch study")
-    ap.add_argument(
-        "--peak-gflops", type=float, default=None,
-        help="FP32 peak to compare with (default: torch sgemm measured between the runs)",
-    )  # fmt: skip
-    args = ap.parse_args()
+def measure(args: argparse.Namespace) -> tuple[dict, dict, dict | None, list[float]]:
+    """The runs at both epoch counts (and the full one with --full) after a warm-up, with the
+    sgemm peak measured between them; each run's process overhead is its wall minus its parts."""
     e1, e2 = args.epochs
     peaks: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mtl-study-") as tmp:
@@ -103,43 +96,38 @@ def main() -> None:
         full_run = run_study(FULL_EPOCHS, args.workers, Path(tmp)) if args.full else None
         if args.full:
             peaks.append(sgemm_gflops(args.workers))
-    peak = args.peak_gflops or sorted(peaks)[len(peaks) // 2]
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    for r in (r1, r2):
-        r["process_s"] = r["wall_s"] - sum(r[k] for k in PARTS)
+    for r in (r1, r2, full_run):
+        if r is not None:
+            r["process_s"] = r["wall_s"] - sum(r[k] for k in PARTS)
+    return r1, r2, full_run, peaks
+
+
+def extrapolate(r1: dict, r2: dict, e1: int, e2: int) -> dict[str, float]:
+    """Each part at the full study's epochs: training and evaluation linear in the epochs,
+    logging in the evaluation points, start-up and the process's overhead constant."""
     points = {e: e // EVAL_EVERY + 1 for e in (e1, e2, FULL_EPOCHS)}
 
-    def extrapolate(key: str, x1: float, x2: float, x: float) -> float:
+    def line(key: str, x1: float, x2: float, x: float) -> float:
         slope = (r2[key] - r1[key]) / (x2 - x1)
         return max(r1[key] + slope * (x - x1), 0.0)
 
     est = {
-        "time/train_s": extrapolate("time/train_s", e1, e2, FULL_EPOCHS),
-        "time/eval_s": extrapolate("time/eval_s", e1, e2, FULL_EPOCHS),
-        "time/logging_s": extrapolate(
-            "time/logging_s", points[e1], points[e2], points[FULL_EPOCHS]
-        ),
+        "time/train_s": line("time/train_s", e1, e2, FULL_EPOCHS),
+        "time/eval_s": line("time/eval_s", e1, e2, FULL_EPOCHS),
+        "time/logging_s": line("time/logging_s", points[e1], points[e2], points[FULL_EPOCHS]),
         "time/startup_s": (r1["time/startup_s"] + r2["time/startup_s"]) / 2,
         "process_s": (r1["process_s"] + r2["process_s"]) / 2,
     }
     est["wall_s"] = sum(est.values())
-    if full_run is not None:
-        full_run["process_s"] = full_run["wall_s"] - sum(full_run[k] for k in PARTS)
+    return est
 
-    print(
-        f"report study, {REPLICAS} replicas, workers={args.workers}; measured at {e1} and "
-        f"{e2} epochs, extrapolated to {FULL_EPOCHS}"
-    )
+
+def print_parts(r1: dict, r2: dict, est: dict, full_run: dict | None, e1: int, e2: int) -> None:
+    """The table of parts: both runs, the estimate and its share, the full run if measured."""
     head = f"{'part':<12}{f'{e1} ep (s)':>12}{f'{e2} ep (s)':>12}{'4000 est (s)':>14}{'share':>7}"
     print(head + ("  4000 measured (s)" if full_run else ""))
-    for k in (
-        "time/train_s",
-        "time/eval_s",
-        "time/logging_s",
-        "time/startup_s",
-        "process_s",
-        "wall_s",
-    ):
+    for k in ("time/train_s", "time/eval_s", "time/logging_s", "time/startup_s", "process_s",
+              "wall_s"):  # fmt: skip
         name = k.removeprefix("time/").removesuffix("_s")
         line = (
             f"{name:<12}{r1[k]:>12.2f}{r2[k]:>12.2f}{est[k]:>14.1f}"
@@ -155,6 +143,13 @@ def main() -> None:
         f"= {100 * overhead / ref['wall_s']:.0f}% of the {'measured' if full_run else 'estimated'}"
         f" wall time of {ref['wall_s']:.1f} s"
     )
+
+
+def print_speed(args: argparse.Namespace, r1: dict, r2: dict, full_run: dict | None,
+                peaks: list[float]) -> None:  # fmt: skip
+    """Achieved GFLOP/s of training against the practical peak (given, or sgemm's median)."""
+    e1, e2 = args.epochs
+    peak = args.peak_gflops or sorted(peaks)[len(peaks) // 2]
     gflops = training_flop(e2 - e1) / (r2["time/train_s"] - r1["time/train_s"]) / 1e9
     source = "given" if args.peak_gflops else (
         f"torch sgemm 2048^3 on {args.workers} threads, median of "
@@ -171,6 +166,28 @@ def main() -> None:
             f"the {FULL_EPOCHS}-epoch run: {full_gflops:.0f} GFLOP/s = "
             f"{100 * full_gflops / peak:.0f}% of that peak"
         )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, nargs=2, default=[200, 600])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--full", action="store_true", help="also run the real 4000-epoch study")
+    ap.add_argument(
+        "--peak-gflops", type=float, default=None,
+        help="FP32 peak to compare with (default: torch sgemm measured between the runs)",
+    )  # fmt: skip
+    args = ap.parse_args()
+    e1, e2 = args.epochs
+    r1, r2, full_run, peaks = measure(args)
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    est = extrapolate(r1, r2, e1, e2)
+    print(
+        f"report study, {REPLICAS} replicas, workers={args.workers}; measured at {e1} and "
+        f"{e2} epochs, extrapolated to {FULL_EPOCHS}"
+    )
+    print_parts(r1, r2, est, full_run, e1, e2)
+    print_speed(args, r1, r2, full_run, peaks)
     print(f"peak resident memory of the largest process: {peak_mb:.0f} MB")
     last = full_run or r2
     print(f"mean final test accuracy of the last run: {last['test_acc_mean']:.4f}")

@@ -1,8 +1,9 @@
 """The config schema (dataclasses in Hydra's ConfigStore) and the checks run before any work.
 
 Hydra type-checks values against the schema while composing (``optim.lr=abc`` is refused there);
-`validate` checks what types cannot: ranges, names, lengths and keys added with ``+key=value``.
-It runs before any data is made or any MLflow run is created.
+`validate` checks what types cannot: ranges, names, lengths and keys added with ``+key=value``,
+and returns the job's TrainSpec (experiments/spec.py), the one value the training takes. It
+runs before any data is made or any MLflow run is created.
 """
 
 from __future__ import annotations
@@ -11,19 +12,26 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# The names minitorch accepts, spelled out so that checking a config does not import torch
-# (seconds); tests/experiments/test_config.py checks they match minitorch's.
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
-INIT_SCHEMES = ("torch", "xavier", "normal")
-TANH_GRADS = ("exact", "report")
-LOSSES = ("mse", "mae")
-ENCODINGS = ("onehot", "pm1")
+from experiments.provenance import repo_root
+from experiments.spec import (  # noqa: F401  (the accepted names, also read from here)
+    ACTIVATIONS,
+    ENCODINGS,
+    INIT_SCHEMES,
+    KERNELS,
+    LOSSES,
+    TANH_GRADS,
+    TrainSpec,
+    spec_problems,
+)
+
+# The names minitorch accepts (ACTIVATIONS, INIT_SCHEMES, TANH_GRADS, LOSSES, ENCODINGS,
+# KERNELS) are spelled out in experiments/spec.py, beside the TrainSpec that checks them, so
+# that checking a config imports no torch; tests/experiments/test_config.py checks they match.
 OPTIMIZERS = ("sgd",)
 DATASETS = ("disk",)
 # Keys that change how a job runs, not what it computes: left out of the config hash.
@@ -33,6 +41,7 @@ EXECUTION_KEYS = (
     "trainer.progress",
     "trainer.checkpoint_every",
     "trainer.checkpoint_dir",
+    "trainer.kernel",
 )
 # Per-layer shorthands: they only feed model.activations, which is what is logged.
 SHORTHAND_KEYS = ("model.act1", "model.act2", "model.act3")
@@ -40,12 +49,6 @@ SHORTHAND_KEYS = ("model.act1", "model.act2", "model.act3")
 
 class ConfigError(Exception):
     """A config value or the environment it names is not usable; the message says why."""
-
-
-def repo_root() -> Path:
-    """The directory holding pyproject.toml (an editable install), else the working directory."""
-    here = Path(__file__).resolve().parents[1]
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
 @dataclass
@@ -93,6 +96,8 @@ class TrainerConfig:
     # Epochs between checkpoints (0: none); the same command resumes from the last one.
     checkpoint_every: int = 500
     checkpoint_dir: str = "${mtl.repo:}/runs/checkpoints"
+    # minitorch.FusedMLPStep's kernel: auto (native where it builds, else torch), native, torch.
+    kernel: str = "auto"
 
 
 @dataclass
@@ -154,110 +159,127 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
     return out
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every value; raise ConfigError with one paragraph per problem found."""
-    problems: list[str] = []
+# Where each TrainSpec field is in the config: errors name the key the user wrote.
+SPEC_KEYS = {
+    "hidden": "model.hidden",
+    "activations": "model.activations",
+    "init": "model.init",
+    "loss": "model.loss",
+    "tanh_grad": "model.tanh_grad",
+    "lr": "optim.lr",
+    "batch_size": "trainer.batch_size",
+    "epochs": "trainer.epochs",
+    "eval_every": "trainer.eval_every",
+    "n_train": "data.n_train",
+    "n_test": "data.n_test",
+    "encoding": "data.encoding",
+    "workers": "trainer.workers",
+    "threads": "trainer.threads",
+    "kernel": "trainer.kernel",
+}
 
-    def bad(key: str, value: Any, accepted: str) -> None:
-        problems.append(f"{key}={value!r} is not accepted: {accepted}.")
 
+def validate(cfg: DictConfig) -> TrainSpec:
+    """Check every value and return the job's TrainSpec; raise ConfigError with one paragraph
+    per problem found. Imports neither torch nor MLflow: a bad value costs a fraction of a
+    second and leaves no trace."""
+    _check_keys(cfg)  # the rest may be missing or mistyped too: unknown keys are said first
+    _check_resolves(cfg)
+    values = spec_values(cfg)
+    problems = [*_shorthand_problems(cfg.model), *_job_problems(cfg)]
+    problems += _spec_problems(values, cfg.model)
+    problems += _tracking_problems(cfg.tracking)
+    if problems:
+        raise ConfigError("\n\n".join(problems))
+    return TrainSpec(**values)
+
+
+def spec_values(cfg: DictConfig) -> dict[str, Any]:
+    """The TrainSpec fields' values in the composed config (lists as tuples)."""
+    values = {}
+    for name, key in SPEC_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        values[name] = tuple(value) if isinstance(value, ListConfig) else value
+    return values
+
+
+def _bad(key: str, value: Any, accepted: str) -> str:
+    return f"{key}={value!r} is not accepted: {accepted}."
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    """Keys the schema does not declare (added with `+key=...`) are refused by name."""
     keys = [k for k in cfg if k != "hydra"]
     extra = _unknown_keys(OmegaConf.masked_copy(cfg, keys), Config, "")
-    for key in extra:
-        problems.append(
-            f"{key} is not a key of this app's config (it was probably added with `+{key}=...`); "
-            f"top-level keys are {_names(f.name for f in dataclasses.fields(Config))}, and each "
-            f"group's keys are listed by `python -m experiments.train --cfg job`."
+    if extra:
+        top = _names(f.name for f in dataclasses.fields(Config))
+        raise ConfigError(
+            "\n\n".join(
+                f"{key} is not a key of this app's config (it was probably added with "
+                f"`+{key}=...`); top-level keys are {top}, and each group's keys are listed "
+                "by `python -m experiments.train --cfg job`."
+                for key in extra
+            )
         )
-    if extra:  # the rest may be missing or mistyped too; report the keys first
-        raise ConfigError("\n\n".join(problems))
 
+
+def _check_resolves(cfg: DictConfig) -> None:
     try:
         OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
     except Exception as exc:  # an interpolation that points nowhere
         raise ConfigError(f"The config does not resolve: {exc}") from None
 
-    m, o, d, t, tr = cfg.model, cfg.optim, cfg.data, cfg.trainer, cfg.tracking
-    hidden = list(m.hidden)
-    if not hidden or any(h <= 0 for h in hidden):
-        bad("model.hidden", hidden, "a non-empty list of layer sizes > 0, e.g. [25,25,25]")
-    reported = set()
-    for key in ("act1", "act2", "act3"):
-        if m[key] not in ACTIVATIONS:
-            bad(f"model.{key}", m[key], f"an activation name, one of {_names(ACTIVATIONS)}")
-            reported.add(m[key])
-    acts = list(m.activations)
-    unknown = {a for a in acts if a not in ACTIVATIONS}
-    if unknown - reported:  # not when they came from a model.actN already reported
-        bad("model.activations", acts, f"names among {_names(ACTIVATIONS)} (one per hidden layer)")
-    if hidden and len(acts) != len(hidden):
-        example = ",".join(acts[:1] * len(hidden)) or "tanh"
-        problems.append(
-            f"model.activations={acts!r} has {len(acts)} entries but model.hidden={hidden!r} has "
-            f"{len(hidden)} hidden layers: give one activation per hidden layer, e.g. "
-            f"model.activations=[{example}] (model.act1..act3 only fill the default list of three)."
-        )
-    if m.init not in INIT_SCHEMES:
-        bad("model.init", m.init, f"one of {_names(INIT_SCHEMES)}")
-    if m.loss not in LOSSES:
-        bad("model.loss", m.loss, f"one of {_names(LOSSES)}")
-    if m.tanh_grad not in TANH_GRADS:
-        bad(
-            "model.tanh_grad",
-            m.tanh_grad,
-            "exact (Tanh backward multiplies by 1 - tanh(s)^2) or report (by the report's "
-            "4 / (e^s + e^-s) = 2 sech(s), as written in its section II.A.2)",
-        )
-    if o.name not in OPTIMIZERS:
-        bad("optim.name", o.name, f"one of {_names(OPTIMIZERS)}")
-    if not (o.lr > 0 and o.lr < float("inf")):
-        bad("optim.lr", o.lr, "a finite learning rate > 0, e.g. 0.01")
-    if d.name not in DATASETS:
-        bad("data.name", d.name, f"one of {_names(DATASETS)}")
-    for key in ("n_train", "n_test"):
-        if d[key] <= 0:
-            bad(f"data.{key}", d[key], "a number of points > 0, e.g. 1000")
-    if d.encoding not in ENCODINGS:
-        bad("data.encoding", d.encoding, f"one of {_names(ENCODINGS)}")
-    if t.epochs <= 0:
-        bad("trainer.epochs", t.epochs, "a number of epochs > 0")
-    if t.batch_size <= 0 or (d.n_train > 0 and t.batch_size > d.n_train):
-        bad(
-            "trainer.batch_size",
-            t.batch_size,
-            f"an integer from 1 to data.n_train={d.n_train} (a batch cannot exceed the "
-            "training set)",
-        )
-    if t.eval_every <= 0:
-        bad("trainer.eval_every", t.eval_every, "a number of epochs > 0 between evaluations")
-    if t.threads <= 0:
-        bad("trainer.threads", t.threads, "a number of torch threads >= 1 (1 per parallel job)")
-    if t.workers <= 0:
-        bad("trainer.workers", t.workers, "a number of processes >= 1")
-    if t.checkpoint_every < 0:
-        bad("trainer.checkpoint_every", t.checkpoint_every, "a number of epochs >= 0 (0: off)")
-    if cfg.replicas <= 0:
-        bad("replicas", cfg.replicas, "a number of seeds >= 1 trained together")
-    if cfg.seed < 0:
-        bad("seed", cfg.seed, "an integer >= 0 (replica r uses seed+r)")
-    if not tr.experiment:
-        bad("tracking.experiment", tr.experiment, "a non-empty MLflow experiment name")
-    if tr.figure_dpi <= 0:
-        bad("tracking.figure_dpi", tr.figure_dpi, "a resolution > 0, e.g. 80")
-    if not tr.server_timeout_s > 0:
-        bad("tracking.server_timeout_s", tr.server_timeout_s, "a number of seconds > 0")
-    if not 0 < tr.retry_s <= 3600:
-        bad("tracking.retry_s", tr.retry_s, "a number of seconds in (0, 3600], e.g. 60")
-    if tr.server_history_points < 0 or tr.server_history_points == 1:
-        bad(
-            "tracking.server_history_points",
-            tr.server_history_points,
-            "0 (every point) or a number of points >= 2 per curve, e.g. 101",
-        )
-    if not 0 <= tr.live_every_s < float("inf"):
-        bad("tracking.live_every_s", tr.live_every_s, "a number of seconds >= 0 (0: off), e.g. 5")
-    if problems:
-        raise ConfigError("\n\n".join(problems))
+
+def _shorthand_problems(m: DictConfig) -> list[str]:
+    return [
+        _bad(f"model.{key}", m[key], f"an activation name, one of {_names(ACTIVATIONS)}")
+        for key in ("act1", "act2", "act3")
+        if m[key] not in ACTIVATIONS
+    ]
+
+
+def _spec_problems(values: dict[str, Any], m: DictConfig) -> list[str]:
+    """TrainSpec's checks, named by config key; a bad name in model.activations that came
+    from a model.actN already reported is not reported twice."""
+    from_shorthands = {m[k] for k in ("act1", "act2", "act3") if m[k] not in ACTIVATIONS}
+    unknown = {a for a in values["activations"] if a not in ACTIVATIONS}
+    out = []
+    for p in spec_problems(values, SPEC_KEYS):
+        if p.check == "activations" and unknown <= from_shorthands:
+            continue
+        if p.check == "layers":  # the shorthands are a common way to get there
+            out.append(f"{p.message[:-1]} (model.act1..act3 only fill the default list of three).")
+            continue
+        out.append(p.message)
+    return out
+
+
+def _job_problems(cfg: DictConfig) -> list[str]:
+    """What is not in the TrainSpec: the seeds, the groups' names, checkpoints."""
+    checks = [
+        ("optim.name", cfg.optim.name in OPTIMIZERS, f"one of {_names(OPTIMIZERS)}"),
+        ("data.name", cfg.data.name in DATASETS, f"one of {_names(DATASETS)}"),
+        ("trainer.checkpoint_every", cfg.trainer.checkpoint_every >= 0,
+         "a number of epochs >= 0 (0: off)"),
+        ("replicas", cfg.replicas > 0, "a number of seeds >= 1 trained together"),
+        ("seed", cfg.seed >= 0, "an integer >= 0 (replica r uses seed+r)"),
+    ]  # fmt: skip
+    return [_bad(key, OmegaConf.select(cfg, key), text) for key, ok, text in checks if not ok]
+
+
+def _tracking_problems(tr: DictConfig) -> list[str]:
+    points = tr.server_history_points
+    checks = [
+        ("experiment", bool(tr.experiment), "a non-empty MLflow experiment name"),
+        ("figure_dpi", tr.figure_dpi > 0, "a resolution > 0, e.g. 80"),
+        ("server_timeout_s", tr.server_timeout_s > 0, "a number of seconds > 0"),
+        ("retry_s", 0 < tr.retry_s <= 3600, "a number of seconds in (0, 3600], e.g. 60"),
+        ("server_history_points", points == 0 or points >= 2,
+         "0 (every point) or a number of points >= 2 per curve, e.g. 101"),
+        ("live_every_s", 0 <= tr.live_every_s < float("inf"),
+         "a number of seconds >= 0 (0: off), e.g. 5"),
+    ]  # fmt: skip
+    return [_bad(f"tracking.{key}", tr[key], text) for key, ok, text in checks if not ok]
 
 
 def _flat_value(value: Any, brackets: bool) -> str:

@@ -68,6 +68,7 @@ class Tag:
     TORCH_THREADS = "mtl.torch_threads"
     BULK_INSERT = "mtl.bulk_insert"
     LAUNCHER = "mtl.launcher"
+    KERNEL = "mtl.kernel"  # the kernel that trained a job: native, or torch (the fallback)
     PYTHON = "mtl.python"  # implementation, version and interpreter path
     VERSIONS = "mtl.versions"  # torch=... numpy=... mlflow=... (experiments/provenance.py)
     CPU = "mtl.cpu"  # model name, cores, system

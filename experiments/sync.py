@@ -63,7 +63,7 @@ def _sync_one(path: Path, uri: str | None, retry_s: float, trackers: dict) -> st
 def sync(paths: Sequence[Path], uri: str | None = None, retry_s: float = 60.0) -> list[str]:
     """Upload the bundles under `paths`; returns one line per bundle (also printed)."""
     from experiments.bundle import BundleError, find_bundles
-    from experiments.config import repo_root
+    from experiments.provenance import repo_root
     from experiments.reaper import reap
     from experiments.tracking import resolve_uri
 

@@ -8,7 +8,6 @@ it when started again with the same settings, ending exactly as an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import multiprocessing
@@ -26,8 +25,9 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 import minitorch as mt
-from experiments.data import ENCODINGS, DiskData, disk_replicas
+from experiments.data import DiskData, disk_replicas
 from experiments.processes import init_worker, kill_pool
+from experiments.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ OUT_FEATURES = 2
 # Measured with benchmarks/checkpoint.py: < 2% of training time for the report and grid jobs.
 CHECKPOINT_EVERY = 500
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint's content changes: older ones are then ignored
+# The TrainSpec fields a shard's numbers depend on (with its seeds and rates): a checkpoint
+# resumes only under the same values. Not workers, threads (the same bits) nor the kernel.
+FINGERPRINT_FIELDS = ("hidden", "activations", "init", "loss", "batch_size", "epochs",
+                      "eval_every", "n_train", "n_test", "encoding", "tanh_grad")  # fmt: skip
 _TMP_SUFFIX = ".tmp"
 
 
@@ -54,6 +58,9 @@ class TrainResult:
     state: dict[str, Tensor]  # "0.weight": [R, out, in], ...
     timings: dict[str, float] = field(default_factory=dict)  # this process's seconds, by part
     resumed_from: Tensor | None = None  # [R] int64: checkpoint epoch trained on from, 0 if none
+    # The kernel that trained: "native", or "torch" (minitorch's fallback, ~17x slower) if any
+    # shard used it; "" where not recorded (bundles written before it was).
+    kernel: str = ""
 
     @staticmethod
     def concat(parts: Sequence[TrainResult]) -> TrainResult:
@@ -73,6 +80,7 @@ class TrainResult:
             # Shards run in parallel: the job took as long as its slowest shard.
             timings={k: max(p.timings.get(k, 0.0) for p in parts) for k in parts[0].timings},
             resumed_from=resumed,
+            kernel="native" if all(p.kernel == "native" for p in parts) else "torch",
         )
 
 
@@ -109,23 +117,6 @@ class LiveCurves:
         self.done.share_memory_()
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """What every shard of a job trains with, besides its seeds and learning rates."""
-
-    hidden: tuple[int, ...]
-    activations: tuple[str, ...]
-    init: str
-    loss: str
-    batch_size: int
-    epochs: int
-    eval_every: int
-    n_train: int
-    n_test: int
-    encoding: str
-    tanh_grad: str = "exact"
-
-
 def eval_epochs_for(epochs: int, eval_every: int) -> Tensor:
     """0, eval_every, 2 eval_every, ... and always the last epoch."""
     points = list(range(0, epochs + 1, eval_every))
@@ -140,15 +131,11 @@ def _check(name: str, value, ok: bool, accepted: str) -> None:
 
 
 def _per_replica_lr(lr: float | Sequence[float], n: int) -> Tensor:
+    """[n] float32 learning rates (the spec checked that each is finite and > 0)."""
     if isinstance(lr, (int, float)):
-        rates = [float(lr)] * n
-    else:
-        rates = [float(v) for v in lr]
-        _check("lr", list(lr), len(rates) == n, f"one value or {n} values (one per replica)")
-    _check(
-        "lr", lr, all(r > 0 and r == r and r != float("inf") for r in rates), "finite values > 0"
-    )
-    return torch.tensor(rates, dtype=torch.float32)
+        return torch.full((n,), float(lr), dtype=torch.float32)
+    _check("lr", list(lr), len(lr) == n, f"one value or {n} values (one per replica)")
+    return torch.tensor([float(v) for v in lr], dtype=torch.float32)
 
 
 def evaluate(
@@ -165,114 +152,65 @@ def evaluate(
 
 def train_replicas(
     seeds: Sequence[int],
+    spec: TrainSpec,
     *,
-    hidden: Sequence[int] = (25, 25, 25),
-    activations: Sequence[str] = ("tanh", "tanh", "tanh"),
-    init: str = "torch",
-    loss: str = "mse",
-    lr: float | Sequence[float] = 0.01,
-    batch_size: int = 25,
-    epochs: int = 4000,
-    eval_every: int = 10,
-    n_train: int = 1000,
-    n_test: int = 1000,
-    encoding: str = "onehot",
-    workers: int = 1,
     progress: Callable[[int], None] | None = None,
     checkpoint: Checkpointing | None = None,
-    tanh_grad: str = "exact",
     live: LiveCurves | None = None,
 ) -> TrainResult:
-    """Train one model per seed, all at once through the replica axis.
+    """Train one model per seed, all at once through the replica axis, as `spec` says.
 
     Replica r draws its data, initial weights and per-epoch shuffles from seed r alone, so it
     ends exactly as the same seed trained on its own. A replica whose training loss becomes
-    non-finite is marked diverged and frozen; the others go on. With `checkpoint`, each shard
-    saves its state every `checkpoint.every` epochs and at the end, and resumes from a saved
-    state of the same settings; `clear_checkpoints` removes them once the results are safe.
-    `tanh_grad` is Tanh's derivative in every kernel: "exact" or the report's ("report").
-    With `live` (LiveCurves.create(len(seeds), n_points)), every evaluation is also written
-    there as it happens, from whichever process trains the replica.
+    non-finite is marked diverged and frozen; the others go on. The replicas are split over
+    `spec.workers` processes (one thread each), or trained here on `spec.threads` threads;
+    torch's thread count is as before when this returns. With `checkpoint`, each shard saves
+    its state every `checkpoint.every` epochs and at the end, and resumes from a saved state of
+    the same settings; `clear_checkpoints` removes them once the results are safe. With `live`
+    (LiveCurves.create(len(seeds), n_points)), every evaluation is also written there as it
+    happens, from whichever process trains the replica.
     """
     seeds = [int(s) for s in seeds]
-    settings = _Settings(
-        hidden=tuple(hidden),
-        activations=tuple(activations),
-        init=init,
-        loss=loss,
-        batch_size=batch_size,
-        epochs=epochs,
-        eval_every=eval_every,
-        n_train=n_train,
-        n_test=n_test,
-        encoding=encoding,
-        tanh_grad=tanh_grad,
-    )
-    _check_settings(seeds, settings)
-    _check("workers", workers, workers >= 1, "an integer >= 1")
+    _check("seeds", seeds, len(seeds) > 0, "at least one seed")
+    _check("spec", spec, isinstance(spec, TrainSpec), "a TrainSpec")
     _check(
         "checkpoint",
         checkpoint,
         checkpoint is None or isinstance(checkpoint, Checkpointing),
         "None or a Checkpointing(folder, every)",
     )
-    rates = _per_replica_lr(lr, len(seeds))
-    workers = min(workers, len(seeds))
-    # Contiguous shards, one per process.
-    bounds = [round(i * len(seeds) / workers) for i in range(workers + 1)]
-    shards = [(seeds[a:b], rates[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    shards = _shards(seeds, _per_replica_lr(spec.lr, len(seeds)), spec.workers)
     if checkpoint is not None and checkpoint.every > 0:
         _note_other_splits(checkpoint.folder, [s for s, _ in shards])
-    # Build the native kernel once, here, rather than in every worker at once; if it cannot
-    # be built, FusedMLPStep says so and falls back to the torch kernels.
-    with contextlib.suppress(mt.native.NativeUnavailable):
-        sizes = (IN_FEATURES, *settings.hidden, OUT_FEATURES)
-        mt.native.load(sizes, settings.activations, loss, tanh_grad)
-    if workers == 1:
+    _build_native(spec)
+    if len(shards) == 1:
         return _train_shard(
-            seeds, rates, settings, progress=progress, checkpoint=checkpoint, live=(live, 0)
-        )
-    return _train_sharded(shards, settings, progress, checkpoint, live)
+            *shards[0], spec, threads=spec.threads, progress=progress, checkpoint=checkpoint,
+            live=(live, 0),
+        )  # fmt: skip
+    return _train_sharded(shards, spec, progress, checkpoint, live)
 
 
-def _check_settings(seeds: list[int], s: _Settings) -> None:
-    _check("seeds", seeds, len(seeds) > 0, "at least one seed")
-    _check(
-        "hidden", list(s.hidden), len(s.hidden) > 0 and all(h > 0 for h in s.hidden), "sizes > 0"
-    )
-    _check(
-        "activations",
-        list(s.activations),
-        len(s.activations) == len(s.hidden),
-        f"one activation per hidden layer ({len(s.hidden)})",
-    )
-    _check(
-        "activations",
-        list(s.activations),
-        all(a in mt.ACTIVATIONS for a in s.activations),
-        f"names among {', '.join(mt.ACTIVATIONS)}",
-    )
-    _check("init", s.init, s.init in mt.INIT_SCHEMES, f"one of {', '.join(mt.INIT_SCHEMES)}")
-    _check("loss", s.loss, s.loss in mt.LOSSES, f"one of {', '.join(mt.LOSSES)}")
-    _check("n_train", s.n_train, s.n_train > 0, "an integer > 0")
-    _check("n_test", s.n_test, s.n_test > 0, "an integer > 0")
-    _check(
-        "batch_size",
-        s.batch_size,
-        0 < s.batch_size <= s.n_train,
-        f"an integer in [1, {s.n_train}]",
-    )
-    _check("epochs", s.epochs, s.epochs > 0, "an integer > 0")
-    _check("eval_every", s.eval_every, s.eval_every > 0, "an integer > 0")
-    _check("encoding", s.encoding, s.encoding in ENCODINGS, f"one of {', '.join(ENCODINGS)}")
-    _check(
-        "tanh_grad", s.tanh_grad, s.tanh_grad in mt.TANH_GRADS, f"one of {', '.join(mt.TANH_GRADS)}"
-    )
+def _shards(seeds: list[int], rates: Tensor, workers: int) -> list[tuple[list[int], Tensor]]:
+    """Contiguous shards of the replicas, one per process (no more than there are replicas)."""
+    workers = min(workers, len(seeds))
+    bounds = [round(i * len(seeds) / workers) for i in range(workers + 1)]
+    return [(seeds[a:b], rates[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _build_native(spec: TrainSpec) -> None:
+    """Build the native kernel once, here, rather than in every worker at once; if it cannot
+    be built, FusedMLPStep says so and falls back to torch's (or refuses, for "native")."""
+    if spec.kernel == "torch":
+        return
+    with contextlib.suppress(mt.native.NativeUnavailable):
+        sizes = (IN_FEATURES, *spec.hidden, OUT_FEATURES)
+        mt.native.load(sizes, spec.activations, spec.loss, spec.tanh_grad)
 
 
 def _train_sharded(
     shards: list[tuple[list[int], Tensor]],
-    settings: _Settings,
+    spec: TrainSpec,
     progress: Callable[[int], None] | None,
     checkpoint: Checkpointing | None,
     live: LiveCurves | None = None,
@@ -295,7 +233,7 @@ def _train_sharded(
                     _train_shard,
                     s,
                     r,
-                    settings,
+                    spec,
                     threads=1,
                     checkpoint=checkpoint,
                     live=(live, off),
@@ -303,7 +241,7 @@ def _train_sharded(
                 for (s, r), off in zip(shards[1:], offsets[1:], strict=True)
             ]
             first = _train_shard(
-                *shards[0], settings, threads=1, progress=progress, checkpoint=checkpoint,
+                *shards[0], spec, threads=1, progress=progress, checkpoint=checkpoint,
                 live=(live, 0),
             )  # fmt: skip
             parts = [first] + [f.result() for f in futures]
@@ -318,24 +256,23 @@ def _train_sharded(
 def _train_shard(
     seeds: list[int],
     rates: Tensor,
-    settings: _Settings,
+    spec: TrainSpec,
     *,
-    threads: int | None = None,
+    threads: int,
     progress: Callable[[int], None] | None = None,
     checkpoint: Checkpointing | None = None,
     live: tuple[LiveCurves | None, int] = (None, 0),
 ) -> TrainResult:
-    """One process's share of the replicas, under its thread budget (`threads`, or torch's
-    current count); torch's thread count is as before when it returns. `live`: where its
-    evaluations are shared, and the index of its first replica there."""
+    """One process's share of the replicas, on `threads` threads; torch's thread count is as
+    before when it returns. `live`: where its evaluations are shared, and the index of its
+    first replica there."""
     before = torch.get_num_threads()
-    budget = threads if threads is not None else before
     try:
-        torch.set_num_threads(budget)
+        torch.set_num_threads(threads)
         # The fused step's backward products may run in numpy's OpenBLAS: give it torch's
         # thread budget, or it would start one thread per core in every worker and launcher job.
-        with threadpool_limits(limits=budget, user_api="blas"):
-            return _train_shard_body(seeds, rates, settings, budget, progress, checkpoint, live)
+        with threadpool_limits(limits=threads, user_api="blas"):
+            return _train_shard_body(seeds, rates, spec, threads, progress, checkpoint, live)
     finally:
         torch.set_num_threads(before)
 
@@ -364,7 +301,7 @@ class _Shard:
     live: tuple[LiveCurves | None, int] = (None, 0)  # shared evaluations, first replica there
 
 
-def _build_shard(seeds: list[int], rates: Tensor, s: _Settings, threads: int) -> _Shard:
+def _build_shard(seeds: list[int], rates: Tensor, s: TrainSpec, threads: int) -> _Shard:
     """Data, model, optimizer and kernel of a shard at epoch 0, all drawn from its seeds."""
     R = len(seeds)
     train, test = disk_replicas(seeds, s.n_train, s.n_test, s.encoding)
@@ -386,7 +323,7 @@ def _build_shard(seeds: list[int], rates: Tensor, s: _Settings, threads: int) ->
         model=model,
         loss_fn=loss_fn,
         opt=opt,
-        fused=mt.FusedMLPStep(model, loss_fn, opt, threads=threads),
+        fused=mt.FusedMLPStep(model, loss_fn, opt, kernel=s.kernel, threads=threads),
         shufflers=[mt.seeded_generator(seed, "shuffle") for seed in seeds],
         rates=rates.clone(),
         points=points,
@@ -400,7 +337,7 @@ def _build_shard(seeds: list[int], rates: Tensor, s: _Settings, threads: int) ->
 def _train_shard_body(
     seeds: list[int],
     rates: Tensor,
-    s: _Settings,
+    s: TrainSpec,
     threads: int,
     progress: Callable[[int], None] | None,
     checkpoint: Checkpointing | None,
@@ -428,7 +365,7 @@ def _train_shard_body(
 
 def _train_epochs(
     shard: _Shard,
-    s: _Settings,
+    s: TrainSpec,
     progress: Callable[[int], None] | None,
     saver: _ShardCheckpoint | None,
 ) -> None:
@@ -517,15 +454,17 @@ def _result_of(shard: _Shard) -> TrainResult:
         state={name: p.clone() for name, p in shard.model.named_params()},
         timings=shard.timings,
         resumed_from=torch.full((len(shard.seeds),), shard.resumed_from, dtype=torch.int64),
+        kernel="native" if shard.fused.native else "torch",
     )
 
 
 # --- checkpoints ---------------------------------------------------------------------------
 
 
-def _fingerprint(seeds: list[int], rates: Tensor, s: _Settings) -> dict[str, Any]:
+def _fingerprint(seeds: list[int], rates: Tensor, s: TrainSpec) -> dict[str, Any]:
     """Everything a shard's results depend on; a checkpoint resumes only under the same one."""
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(s).items()}
+    values = {k: getattr(s, k) for k in FINGERPRINT_FIELDS}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
     return {"format": CHECKPOINT_FORMAT, "seeds": list(seeds), "lr": rates.tolist(), **settings}
 
 

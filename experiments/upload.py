@@ -271,9 +271,14 @@ def _finish_job(
     params, tags = split_config(flatten(cfg))
     if report.run_ids:
         tags[Tag.BULK_INSERT] = str(report.bulk)
+    if job.get("kernel"):
+        tags[Tag.KERNEL] = job["kernel"]
     tracker.log_batch(run_id, metrics, params, tags)
     tracker.call(tracker.client.log_artifact, run_id, str(bundle.path / "config.yaml"))
     tracker.call(tracker.client.log_artifacts, run_id, str(job_folder(bundle, result, cfg)))
+    if (bundle.path / Artifact.PROVENANCE).is_dir():  # a dirty tree's git diff (provenance.py)
+        folder = str(bundle.path / Artifact.PROVENANCE)
+        tracker.call(tracker.client.log_artifacts, run_id, folder, Artifact.PROVENANCE)
     if Tag.ERROR in job_run.data.tags:  # ended KILLED or FAILED while logging, now complete
         tracker.call(tracker.client.delete_tag, run_id, Tag.ERROR)
     tracker.end_run(run_id, "FINISHED")

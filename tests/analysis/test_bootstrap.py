@@ -153,9 +153,10 @@ def test_report_size_bootstrap_is_fast_and_small() -> None:
     """10^6 resamples of 100 from 110 values: < 2 s and < 500 MB (the issue's budget)."""
     x = np.random.default_rng(0).normal(TRUE_MEAN, TRUE_SD, 110)
     tracemalloc.start()
-    t0 = time.perf_counter()
+    # CPU time of this process: other tenants of the 2 cores stretch wall time, not this.
+    t0 = time.process_time()
     res = m_out_of_n_bootstrap(x)
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert res.n_resamples == 1_000_000 and res.resample_size == 100

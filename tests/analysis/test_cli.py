@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,12 @@ def test_report_study_end_to_end(store, tmp_path: Path, capsys) -> None:
 
     md = report.read_text()
     assert "| report (published) | 110 | n/a | [98.55, 98.63] | 0.080 |" in md
-    assert "2.576 x 0.55 / sqrt(110) = 0.135 pp" in md
+    # The report's std interval [0.53, 0.59]: its lower end and its middle, named as such.
+    assert "with std 0.53 pp (the lower end of the report's std interval)" in md
+    assert "with std 0.56 pp (the middle of the report's std interval) over 110 runs: " in md
+    assert "2.576 x 0.56 / sqrt(110) = 0.138 pp half-width" in md and "x 0.55 /" not in md
+    assert "activations tanh,tanh,tanh, loss MSE; 5 usable runs" in md
+    assert "*Figure 1: train/test loss (MSE) against epoch" in md
     assert "ddof=1" in md and "n_test = 1000" in md and "sqrt(n/m)" in md
     assert "m = 5 here, not the report's 100 (only 5 usable runs)" in md
     assert f"`{logged.top_run_id}` (job, FINISHED)" in md
@@ -50,6 +56,8 @@ def test_report_study_end_to_end(store, tmp_path: Path, capsys) -> None:
         assert f"](figures/{name}.png)" in md
         assert (report.parent / "figures" / f"{name}.png").stat().st_size > 10_000
         assert (report.parent / "figures" / f"{name}.svg").stat().st_size > 10_000
+    # matplotlib writes each text as a comment beside its glyphs: the axis label is readable.
+    assert "loss (MSE, log scale)" in (report.parent / "figures" / "fig1_loss.svg").read_text()
 
     summary = json.loads((report.parent / "summary.json").read_text())
     assert summary["counts"]["diverged"] == 1 and summary["counts"]["used"] == 5
@@ -143,10 +151,14 @@ def test_missing_store_in_a_real_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_multirun_then_analysis(tmp_path: Path) -> None:
-    """The harness's quick preset as a multirun, then the CLI on its store."""
+def test_quick_multirun_then_analysis(tmp_path: Path, capsys, _empty_store: Path) -> None:
+    """The harness's quick preset as a multirun (real writer, MAE loss), then the CLI on its
+    store (real reader, in this process: a second interpreter would only re-import)."""
     if not (REPO / "experiments" / "train.py").is_file():
         pytest.skip("experiments/train.py (the harness) is not there yet")
+    # An empty store with MLflow's schema already made: the harness skips 1-2 s of migrations
+    # (making a store is tested in tests/experiments).
+    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     train = subprocess.run(
@@ -154,6 +166,7 @@ def test_quick_multirun_then_analysis(tmp_path: Path) -> None:
             sys.executable,
             *("-m", "experiments.train", "-m", "experiment=quick"),
             "trainer.batch_size=10,25",  # batch size cannot share a job: 2 jobs
+            "model.loss=mae",  # the figures and the report must name it, not say MSE
             f"tracking.uri={uri}",
             f"hydra.sweep.dir={tmp_path}/multirun",
         ],
@@ -164,25 +177,25 @@ def test_quick_multirun_then_analysis(tmp_path: Path) -> None:
         timeout=600,
     )
     assert train.returncode == 0, train.stderr[-3000:]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "analysis", "--tracking-uri", uri, "--tag", "mtl.study=quick"),
-            *("--out", str(tmp_path / "reports"), "--n-resamples", "10000"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=600,
+    code, out, err = _run(
+        capsys,
+        *("--tracking-uri", uri, "--tag", "mtl.study=quick"),
+        *("--out", str(tmp_path / "reports"), "--n-resamples", "10000"),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "report (published)" in proc.stdout and "this study, report method" in proc.stdout
-    report = Path(proc.stdout.rstrip().rsplit("report: ", 1)[1])
+    assert code == 0, err[-3000:]
+    assert "report (published)" in out and "this study, report method" in out
+    report = Path(out.rstrip().rsplit("report: ", 1)[1])
     assert report.is_file() and (report.parent / "summary.json").is_file()
     summary = json.loads((report.parent / "summary.json").read_text())
     assert summary["counts"]["job_runs"] == 2
-    assert (report.parent / "figures" / "grid_heatmap.png").is_file()
+    assert summary["loss"] == "MAE" and {c["loss"] for c in summary["configs"]} == {"MAE"}
+    figs = report.parent / "figures"
+    assert (figs / "grid_heatmap.png").is_file()
+    # matplotlib writes each text as a comment beside its glyphs: the axis label is readable.
+    svg = (figs / "fig1_loss.svg").read_text()
+    assert "loss (MAE, log scale)" in svg and "MSE" not in svg
+    md = report.read_text()
+    assert ", loss MAE; 3 usable runs" in md and "*Figure 1: train/test loss (MAE) against" in md
     client = MlflowClient(uri)
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], "tags.`mtl.kind` = 'analysis'"
@@ -199,8 +212,8 @@ def test_quick_multirun_then_analysis(tmp_path: Path) -> None:
         (
             ["--n-resamples", "1e12"],
             "--n-resamples 1,000,000,000,000 is more resamples than this analysis computes in "
-            "reasonable time and memory (~50,000.0 GB, ~4 us each); accepted: 1,000 to "
-            "10,000,000",
+            "reasonable time and memory (~50,000.0 GB at ~50 bytes each); accepted: 1,000 to "
+            "10,000,000 (measured times and memory: benchmarks/README.md).",
         ),
         (["--n-resamples", "10000001"], "accepted: 1,000 to 10,000,000"),
         (["--grid-resamples", "2e6"], "--grid-resamples 2,000,000 is more resamples"),

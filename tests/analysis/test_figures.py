@@ -61,6 +61,18 @@ def _configs() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.parametrize(
+    ("loss", "label"),
+    [
+        ("mse", "loss (MSE, log scale)"),
+        ("MAE", "loss (MAE, log scale)"),
+        (None, "loss (log scale)"),
+    ],
+)
+def test_loss_axis_names_the_runs_loss(loss, label) -> None:
+    assert figures.loss_label(loss) == label
+
+
 def _saved(fig, tmp_path: Path, stem: str) -> None:
     png = figures.save(fig, tmp_path, stem)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,10 +82,12 @@ def _saved(fig, tmp_path: Path, stem: str) -> None:
 
 
 def test_curve_figures(tmp_path: Path) -> None:
-    figs = figures.curve_figures(_curves(), "run0", 0, confidence=0.99, setting="lr 0.01")
+    figs = figures.curve_figures(
+        _curves(), "run0", 0, confidence=0.99, setting="lr 0.01", loss="mae"
+    )
     assert set(figs) == {"fig1_loss", "fig2_accuracy"}
     loss, acc = figs["fig1_loss"].axes, figs["fig2_accuracy"].axes
-    assert loss[0].get_ylabel() == "loss (MSE, log scale)" and loss[0].get_yscale() == "log"
+    assert loss[0].get_ylabel() == "loss (MAE, log scale)" and loss[0].get_yscale() == "log"
     assert acc[0].get_ylabel() == "accuracy (%)"
     assert [a.get_xlabel() for a in loss + acc] == ["epoch"] * 4
     assert loss[1].get_title() == "mean over 4 runs, pointwise t-interval"

@@ -1,4 +1,5 @@
-"""The app from the command line: bad values exit 2 with one message, before any run or data."""
+"""The app from the command line: bad values exit 2 with one message, before any run or data;
+a good run exits 0 and records the kernel that trained."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from tests.experiments.conftest import run_app
+from tests.experiments.conftest import QUICK_FAST, run_app, runs_by_kind, sqlite_uri
 
 # (override, text the message must contain)
 CASES = {
@@ -23,6 +25,7 @@ CASES = {
     "activations_length": ("model.hidden=[25,25]", "has 3 entries but model.hidden=[25, 25]"),
     "unknown_key": ("foo=1", "Key 'foo' not in 'Config'"),
     "unknown_key_plus": ("+foo=1", "foo is not a key of this app's config"),
+    "kernel": ("trainer.kernel=numpy", "trainer.kernel='numpy' is not accepted: one of auto, "),
     "wrong_type": ("optim.lr=fast", "optim.lr"),
     "multirun_job": ("-m optim.lr=0.01,-1", "In the multirun job with overrides"),
 }
@@ -76,3 +79,32 @@ def test_file_store_is_refused(tmp_path):
     proc = run_app(tmp_path, "experiment=quick", f"tracking.uri={tmp_path}/mlruns")
     assert proc.returncode == 2
     assert "is a file store" in proc.stderr and "sqlite:///" in proc.stderr
+
+
+def test_a_job_records_its_kernel_and_exits_normally(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    ck = f"trainer.checkpoint_dir={tmp_path}/ck"
+    proc = run_app(tmp_path, "experiment=quick", f"tracking.uri={uri}", "trainer.kernel=torch", ck,
+                   *QUICK_FAST)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (job,) = runs_by_kind(MlflowClient(uri), "quick")["job"]
+    # torch's kernels asked for: the tag says they ran (native where "auto" could build it).
+    assert job.data.tags["mtl.kernel"] == "torch"
+    assert job.data.tags["mtl.cfg.trainer.kernel"] == "torch"
+    assert "trainer.kernel" not in job.data.params  # how it ran, not what it computes
+    # Counted from the start of the task (config check, imports, store) to training.
+    assert 0 < job.data.metrics["time/startup_s"] < job.data.metrics["time/total_s"]
+    (bundle,) = (tmp_path / "hydra" / "run").glob("bundle*/job.json")
+    assert '"kernel": "torch"' in bundle.read_text()
+
+
+def test_the_task_function_is_importable_so_launchers_pickle_it_by_reference():
+    import pickle
+
+    from experiments import job, train
+
+    # Hydra hands launchers the function it wraps: experiments.job.run, not a __main__ copy.
+    assert train.hydra_app.__wrapped__ is job.run
+    assert job.run.__module__ == "experiments.job"
+    assert pickle.loads(pickle.dumps(job.run)) is job.run

@@ -9,7 +9,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from experiments.callbacks import _job_overrides
-from experiments.config import ConfigError, config_hash, flatten, validate
+from experiments.config import ConfigError, config_hash, flatten, spec_values, validate
+from experiments.spec import TrainSpec
 from tests.experiments.conftest import CONF, compose_cfg
 
 PRESETS = ["report", "report_faithful", "grid", "grid_full", "quick"]
@@ -24,10 +25,15 @@ def test_every_preset_composes_and_validates(preset):
 
 
 def test_accepted_names_are_minitorchs():
+    import sys
+
     import minitorch as mt
     from experiments import config
     from experiments.data import ENCODINGS
 
+    # FusedMLPStep's own list, wherever it lives; its "numpy" kernel is not offered (it goes).
+    fused_kernels = sys.modules[mt.FusedMLPStep.__module__].KERNELS
+    assert set(config.KERNELS) == set(fused_kernels) - {"numpy"}
     assert set(config.ACTIVATIONS) == set(mt.ACTIVATIONS)
     assert set(config.INIT_SCHEMES) == set(mt.INIT_SCHEMES)
     assert set(config.LOSSES) == set(mt.LOSSES)
@@ -39,6 +45,69 @@ def test_default_config_validates():
     cfg = compose_cfg()
     validate(cfg)
     assert cfg.replicas == 1 and cfg.trainer.threads == 1 and cfg.tracking.uri is None
+
+
+def test_validate_returns_the_jobs_train_spec():
+    cfg = compose_cfg("experiment=quick", "trainer.kernel=torch", "model.act2=relu")
+    spec = validate(cfg)
+    assert spec == TrainSpec(activations=("tanh", "relu", "tanh"), n_train=200, n_test=200,
+                             epochs=20, eval_every=5, kernel="torch")  # fmt: skip
+    assert spec_values(cfg)["hidden"] == (25, 25, 25)
+
+
+# The flattened default config, and each preset as the keys it changes: what the presets
+# composed to before they were cut down to their differences (issue 13), and their hashes.
+DEFAULT_FLAT = {
+    "data.encoding": "onehot", "data.n_test": "1000", "data.n_train": "1000", "data.name": "disk",
+    "model.activations": "[tanh,tanh,tanh]", "model.hidden": "[25,25,25]", "model.init": "torch",
+    "model.loss": "mse", "model.tanh_grad": "exact", "optim.lr": "0.01", "optim.name": "sgd",
+    "replicas": "1", "seed": "0", "tracking.experiment": "minitorch", "tracking.figure_dpi": "80",
+    "tracking.live_every_s": "5.0", "tracking.replica_figures": "True",
+    "tracking.replica_weights": "True", "tracking.rerun": "False", "tracking.retry_s": "60.0",
+    "tracking.server_history_points": "101", "tracking.server_timeout_s": "5.0",
+    "tracking.uri": "None", "trainer.batch_size": "25",
+    "trainer.checkpoint_dir": str(CONF.parent / "runs" / "checkpoints"),
+    "trainer.checkpoint_every": "500", "trainer.epochs": "4000", "trainer.eval_every": "10",
+    "trainer.kernel": "auto", "trainer.progress": "True", "trainer.threads": "1",
+    "trainer.workers": "1",
+}  # fmt: skip
+GRID = {"replicas": "10", "tracking.experiment": "grid", "trainer.epochs": "2000",
+        "trainer.eval_every": "50"}  # fmt: skip
+PRESET_CHANGES = {
+    None: ("2ff3211928bb", {}),
+    "report": ("2ff3211928bb",
+               {"replicas": "110", "tracking.experiment": "report", "trainer.workers": "2"}),
+    "report_faithful": ("2fffd67bbab1",
+                        {"model.tanh_grad": "report", "replicas": "110",
+                         "tracking.experiment": "report_faithful", "trainer.workers": "2"}),
+    "grid": ("b26a1022d0dc", GRID),
+    "grid_full": ("b26a1022d0dc", GRID),
+    "quick": ("0482adf2f137",
+              {"data.n_test": "200", "data.n_train": "200", "replicas": "3",
+               "tracking.experiment": "quick", "trainer.epochs": "20", "trainer.eval_every": "5"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", list(PRESET_CHANGES), ids=str)
+def test_each_preset_composes_to_the_defaults_and_its_changes(preset):
+    cfg = compose_cfg(*([f"experiment={preset}"] if preset else []))
+    want_hash, changes = PRESET_CHANGES[preset]
+    assert flatten(cfg) == {**DEFAULT_FLAT, **changes}
+    assert config_hash(cfg) == want_hash
+
+
+def test_the_grid_presets_sweep_what_they_did():
+    grid = compose_cfg("experiment=grid", hydra_node=True).hydra.sweeper.params
+    full = compose_cfg("experiment=grid_full", hydra_node=True).hydra.sweeper.params
+    assert dict(grid) == {
+        "trainer.batch_size": "10,25,50,100",
+        "optim.lr": "0.001,0.003,0.01,0.03,0.1",
+        "model.activations": "[tanh,tanh,tanh],[relu,relu,relu],[sigmoid,sigmoid,sigmoid],"
+        "[relu,tanh,tanh],[tanh,tanh,relu]",
+    }
+    acts = {f"model.act{i}": "tanh,relu,sigmoid" for i in (1, 2, 3)}
+    per_layer = "[${model.act1},${model.act2},${model.act3}]"  # each job resolves it
+    assert dict(full) == {**grid, "model.activations": per_layer, **acts}
 
 
 def test_report_preset_is_the_reports_final_model():
@@ -91,10 +160,11 @@ def test_flatten_and_hash():
     # the hash reads lists as format 1 spelled them, so hashes did not change with format 2
     assert flatten(cfg, brackets=False)["model.hidden"] == "25,25,25"
     assert flat["seed"] == "0" and flat["replicas"] == "3"
-    # Seed, replicas, threads and tracking do not change the hash; the model does.
+    # Seed, replicas, threads, the kernel and tracking do not change the hash; the model does.
     same = compose_cfg(
-        "experiment=quick", "seed=5", "replicas=9", "trainer.threads=2", "tracking.experiment=x"
-    )
+        "experiment=quick", "seed=5", "replicas=9", "trainer.threads=2", "trainer.kernel=torch",
+        "tracking.experiment=x",
+    )  # fmt: skip
     other = compose_cfg("experiment=quick", "optim.lr=0.02")
     assert config_hash(cfg) == config_hash(same) != config_hash(other)
     assert len(config_hash(cfg)) == 12
@@ -121,6 +191,10 @@ BAD = [
         "one activation per hidden layer",
     ),
     ("data.encoding=binary", "data.encoding='binary'", "onehot, pm1"),
+    ("trainer.kernel=numpy", "trainer.kernel='numpy'", "one of auto, native, torch"),
+    ("trainer.threads=0", "trainer.threads=0", "a number of threads >= 1"),
+    ("tracking.retry_s=0", "tracking.retry_s=0.0", "in (0, 3600]"),
+    ("seed=-1", "seed=-1", "an integer >= 0"),
     ("+foo=1", "foo is not a key", "top-level keys are model, optim, data"),
     ("+model.depth=3", "model.depth is not a key", "top-level keys"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -129,8 +130,11 @@ def test_quick_run_logs_exactly_the_described_runs(tmp_path):
         assert job.data.metrics[time_key(part)] >= 0
     assert [k for k in job.data.metrics if "/" not in k] == [TEST_ACC_MEAN]  # the sort key
     assert job.data.metrics[TEST_ACC_MEAN] == job.data.metrics[MEAN["test_acc"]]
+    # a dirty tree (as while developing) also keeps its diff: experiments/provenance.py
+    dirty = ["provenance/git.diff"] if job.data.tags["mtl.git_dirty"] == "true" else []
     assert _artifacts(client, job.info.run_id) == ["config.yaml", "figures/curves.png",
-                                                   "replicas.csv"]  # fmt: skip
+                                                   *dirty, "replicas.csv"]  # fmt: skip
+    assert job.data.tags["mtl.versions"].startswith("torch=")
     table = Path(client.download_artifacts(job.info.run_id, "replicas.csv", str(tmp_path)))
     rows = [line.split(",") for line in table.read_text().splitlines()]
     assert rows[0] == ["seed", *CURVES, "diverged", "diverged_epoch"]
@@ -192,9 +196,8 @@ def test_one_diverging_replica_leaves_the_others_intact(tmp_path, monkeypatch):
     real = training.train_replicas
     _in_process(tmp_path, "tracking.experiment=normal")
 
-    def huge_lr_on_replica_1(seeds, **kw):
-        kw["lr"] = [kw["lr"], 1e6, kw["lr"]]
-        return real(seeds, **kw)
+    def huge_lr_on_replica_1(seeds, spec, **kw):
+        return real(seeds, dataclasses.replace(spec, lr=(spec.lr, 1e6, spec.lr)), **kw)
 
     monkeypatch.setattr(training, "train_replicas", huge_lr_on_replica_1)
     score, client = _in_process(tmp_path, "tracking.experiment=diverging")
@@ -357,7 +360,7 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(caplog):
 
 
 def test_tracking_uri_precedence_and_artifact_location(monkeypatch, tmp_path):
-    from experiments.config import repo_root
+    from experiments.provenance import repo_root
     from experiments.tracking import artifact_location, resolve_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -196,10 +196,10 @@ INJECT = """
 import sys
 import experiments.training as training
 from experiments import train
-def train_replicas(seeds, **kw):
-    if kw["lr"] > 0.015:
+def train_replicas(seeds, spec, **kw):
+    if spec.lr > 0.015:
         raise RuntimeError("injected failure")
-    return real(seeds, **kw)
+    return real(seeds, spec, **kw)
 real, training.train_replicas = training.train_replicas, train_replicas
 sys.argv = ["train", *sys.argv[1:]]
 train.main()

@@ -8,6 +8,7 @@ import torch
 import minitorch as mt
 from experiments import config
 from experiments.config import ConfigError, config_hash, flatten, validate
+from experiments.spec import SpecError, TrainSpec
 from experiments.training import Checkpointing, train_replicas
 from tests.experiments.conftest import compose_cfg
 
@@ -45,22 +46,23 @@ def test_report_faithful_is_the_report_study_with_the_reports_tanh_grad():
 
 def test_train_replicas_passes_tanh_grad_to_the_model():
     kw = dict(epochs=5, eval_every=5, n_train=100, n_test=50)
-    exact = train_replicas([3], **kw)
-    report = train_replicas([3], tanh_grad="report", **kw)
-    again = train_replicas([3], tanh_grad="report", **kw)
+    exact = train_replicas([3], TrainSpec(**kw))
+    report = train_replicas([3], TrainSpec(tanh_grad="report", **kw))
+    again = train_replicas([3], TrainSpec(tanh_grad="report", **kw))
     w_exact, w_report = exact.state["0.weight"], report.state["0.weight"]
     assert (w_exact - w_report).abs().max().item() > 1e-3
     assert torch.equal(w_report, again.state["0.weight"])
 
 
-def test_train_replicas_refuses_an_unknown_tanh_grad():
-    with pytest.raises(ValueError, match=r"tanh_grad='sech' is not accepted; expected one of exa"):
-        train_replicas([0], epochs=1, tanh_grad="sech")
+def test_the_spec_refuses_an_unknown_tanh_grad():
+    with pytest.raises(SpecError, match=r"tanh_grad='sech' is not accepted: exact \(Tanh backward"):
+        TrainSpec(epochs=1, tanh_grad="sech")
 
 
 def test_a_checkpoint_resumes_only_under_the_same_tanh_grad(tmp_path, caplog):
     kw = dict(epochs=4, eval_every=2, n_train=50, n_test=20)
-    train_replicas([0], checkpoint=Checkpointing(tmp_path, every=2), **kw)
+    train_replicas([0], TrainSpec(**kw), checkpoint=Checkpointing(tmp_path, every=2))
     with caplog.at_level("WARNING"):
-        train_replicas([0], tanh_grad="report", checkpoint=Checkpointing(tmp_path, every=2), **kw)
+        spec = TrainSpec(tanh_grad="report", **kw)
+        train_replicas([0], spec, checkpoint=Checkpointing(tmp_path, every=2))
     assert "tanh_grad differ" in caplog.text

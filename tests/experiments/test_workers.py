@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.spec import TrainSpec
 from experiments.training import train_replicas
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +32,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
     from pathlib import Path
+    from experiments.spec import TrainSpec
     from experiments.training import train_replicas
 
     marker, mode = Path(sys.argv[1]), sys.argv[2]
@@ -42,8 +44,8 @@ SCRIPT = textwrap.dedent(
             marker.write_text(str(epoch))
     lr = [1e4, 1e4, 0.01, 0.01] if mode == "waiting" else 0.01
     try:
-        train_replicas([0, 1, 2, 3], workers=2, epochs=10**6, eval_every=1, n_train=200,
-                       n_test=50, lr=lr, progress=ready)
+        spec = TrainSpec(workers=2, epochs=10**6, eval_every=1, n_train=200, n_test=50, lr=lr)
+        train_replicas([0, 1, 2, 3], spec, progress=ready)
     finally:
         print(json.dumps(children(os.getpid())), flush=True)
     """
@@ -164,10 +166,8 @@ def test_an_exception_in_the_parent_kills_the_worker_without_waiting():
     t = time.monotonic()
     with pytest.raises(RuntimeError, match="stop here"):
         # The worker's shard alone would train for half a minute.
-        train_replicas(
-            [0, 1, 2, 3], workers=2, epochs=20_000, eval_every=1, n_train=1000, n_test=50,
-            progress=fail,
-        )  # fmt: skip
+        spec = TrainSpec(workers=2, epochs=20_000, eval_every=1, n_train=1000, n_test=50)
+        train_replicas([0, 1, 2, 3], spec, progress=fail)
     assert time.monotonic() - t < 10
     assert [c for c in children(os.getpid()) if c[0] not in before] == []
 
