@@ -6,7 +6,9 @@ machine, a job's 1-minute time limit, submitit's polling), so: as soon as collec
 a `cluster` test will run, the set-up starts in the background, and once it is up, so do the
 sweeps the tests only check afterwards (BACKGROUND_SWEEPS); the `cluster` tests are moved to
 the end of the session. In a full run all of it overlaps the other tests. `.ci/run` starts the
-installs earlier still (`setup.sh install`), and `setup.sh start` waits for them.
+installs earlier still (`setup.sh install`), and `setup.sh start` waits for them. Under
+pytest-xdist only the worker gw0 sets the cluster up, and tests/conftest.py sends it the
+`cluster` tests (one group); the other workers collect them but never run them.
 
 Needs root on Debian (apt-get, daemons, /etc/slurm). Elsewhere the tests skip, with the
 reason, except in CI (CI=true), where they must run and fail instead.
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CLUSTER_WORKER, is_cluster_worker, xdist_worker
 from tests.experiments.procs import App, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,7 +226,8 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     if not marked:
         return
     items[:] = [item for item in items if not item.get_closest_marker("cluster")] + marked
-    if not config.option.collectonly and unavailable() is None:
+    # Under xdist every worker collects every test, but only CLUSTER_WORKER runs these.
+    if not config.option.collectonly and unavailable() is None and is_cluster_worker():
         _start_cluster()
 
 
@@ -238,6 +242,13 @@ def cluster() -> Cluster:
     reason = unavailable()
     if reason is not None:
         cannot_run(reason)
+    if not is_cluster_worker():
+        pytest.fail(
+            f"cluster test on xdist worker {xdist_worker()}: only {CLUSTER_WORKER} sets the "
+            "cluster up; run with --dist loadgroup (the default with -n here), which sends the "
+            "cluster tests there",
+            pytrace=False,
+        )
     running = _start_cluster()
     running.wait()
     return running

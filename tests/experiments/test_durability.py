@@ -153,9 +153,21 @@ def test_a_finished_job_is_not_trained_again_unless_rerun(tmp_path):
 @pytest.mark.server
 def test_server_killed_during_training_then_restarted_and_synced(tmp_path):
     server = MlflowServer(tmp_path)
-    uri = server.start()
-    args = (*LONG, "trainer.epochs=3000", f"tracking.uri={uri}", "tracking.retry_s=3",
-            f"trainer.checkpoint_dir={tmp_path}/ckpt")  # fmt: skip
+    try:
+        uri = server.start()
+        _train_while_the_server_is_killed(tmp_path, server, uri)
+        server.start()
+        _sync_fills_the_restarted_server(tmp_path, uri)
+    finally:
+        server.stop()  # also when the app or the sync failed: no server left behind
+
+
+def _train_while_the_server_is_killed(tmp_path: Path, server: MlflowServer, uri: str) -> None:
+    """The server is killed once the job run exists, before training: the job trains on
+    (its live curves, sent every second, fail meanwhile), then gives up logging after
+    tracking.retry_s and keeps everything in its bundle."""
+    args = (*LONG, "trainer.epochs=1000", f"tracking.uri={uri}", "tracking.retry_s=3",
+            "tracking.live_every_s=1", f"trainer.checkpoint_dir={tmp_path}/ckpt")  # fmt: skip
     app = App(tmp_path, *args)
     try:
         app.wait_for("MLflow: ")
@@ -169,23 +181,23 @@ def test_server_killed_during_training_then_restarted_and_synced(tmp_path):
     assert f"Nothing trained is lost: the results are in the bundle {bundle}" in app.output
     assert "python -m experiments.sync" in app.output and "Traceback" not in app.output
     assert Bundle.open(bundle).state == "trained"
-    try:
-        server.start()
-        first = _sync(str(tmp_path / "hydra"), "--tracking-uri", uri)
-        assert first.returncode == 0, first.stderr[-3000:]
-        assert first.stdout.startswith("uploaded:"), first.stdout
-        client = MlflowClient(uri)
-        kinds = runs_by_kind(client, "quick")
-        assert [j.info.status for j in kinds["job"]] == ["FINISHED"]
-        assert sorted(int(r.data.tags["mtl.seed"]) for r in kinds["replica"]) == list(range(20))
-        assert {r.info.status for r in kinds["replica"]} == {"FINISHED"}
-        history = client.get_metric_history(kinds["replica"][0].info.run_id, "curves/test_acc")
-        assert sorted(m.step for m in history) == list(range(0, 3001, 100))
-        second = _sync(str(tmp_path / "hydra"), "--tracking-uri", uri)
-        assert second.returncode == 0 and second.stdout.startswith("already there:")
-        assert len(runs_by_kind(client, "quick")["replica"]) == 20
-    finally:
-        server.stop()
+
+
+def _sync_fills_the_restarted_server(tmp_path: Path, uri: str) -> None:
+    """`python -m experiments.sync` uploads the bundle whole, once however often it runs."""
+    first = _sync(str(tmp_path / "hydra"), "--tracking-uri", uri)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.startswith("uploaded:"), first.stdout
+    client = MlflowClient(uri)
+    kinds = runs_by_kind(client, "quick")
+    assert [j.info.status for j in kinds["job"]] == ["FINISHED"]
+    assert sorted(int(r.data.tags["mtl.seed"]) for r in kinds["replica"]) == list(range(20))
+    assert {r.info.status for r in kinds["replica"]} == {"FINISHED"}
+    history = client.get_metric_history(kinds["replica"][0].info.run_id, "curves/test_acc")
+    assert sorted(m.step for m in history) == list(range(0, 1001, 100))
+    second = _sync(str(tmp_path / "hydra"), "--tracking-uri", uri)
+    assert second.returncode == 0 and second.stdout.startswith("already there:")
+    assert len(runs_by_kind(client, "quick")["replica"]) == 20
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -258,8 +270,9 @@ def test_four_processes_on_a_fresh_sqlite_store(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_killed_in_its_third_job_continues_under_the_same_sweep_run(tmp_path):
     uri = sqlite_uri(tmp_path)
+    # 4000 epochs: about a second of training a job, ten times what the SIGTERM takes to land.
     sweep = ("-m", "experiment=quick", "optim.lr=0.01,0.02,0.03,0.04", f"tracking.uri={uri}",
-             "tracking.replica_figures=false", "trainer.epochs=10000", "data.n_train=200",
+             "tracking.replica_figures=false", "trainer.epochs=4000", "data.n_train=200",
              "trainer.eval_every=500", f"trainer.checkpoint_dir={tmp_path}/ckpt")  # fmt: skip
     app = App(tmp_path, *sweep)
     try:
