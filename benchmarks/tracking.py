@@ -65,10 +65,10 @@ def _wait_http(uri: str, proc: subprocess.Popen, log: Path, timeout: float = 120
 
 
 class Server:
-    """`mlflow server --workers 1` on a backend store, serving the artifacts itself (clients get
+    """`mlflow server --workers N` on a backend store, serving the artifacts itself (clients get
     mlflow-artifacts: URIs, as on a cluster); stopped by its process group."""
 
-    def __init__(self, root: Path, backend_uri: str) -> None:
+    def __init__(self, root: Path, backend_uri: str, workers: int = 1) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.uri = f"http://127.0.0.1:{free_port()}"
         self.log = root / "server.log"
@@ -76,7 +76,7 @@ class Server:
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                 "--port", self.uri.rsplit(":", 1)[1], "--workers", "1",
+                 "--port", self.uri.rsplit(":", 1)[1], "--workers", str(workers),
                  "--backend-store-uri", backend_uri,
                  "--serve-artifacts", "--artifacts-destination", str(root / "art")],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -263,6 +263,8 @@ def main() -> None:
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--train-s", type=float, help="training time to compare with "
                     "(default: the bundle's time/train_s)")  # fmt: skip
+    ap.add_argument("--server-workers", type=int, default=1,
+                    help="mlflow server --workers (MLflow's own default is 4)")  # fmt: skip
     args = ap.parse_args()
     backends = [b for b in args.backends.split(",") if b]
     root = Path(tempfile.mkdtemp(prefix="mtl-bench-tracking-"))
@@ -296,7 +298,7 @@ def main() -> None:
                 else:
                     store = (pg.new_database() if backend == "server-pg"
                              else f"sqlite:///{where_}/server.db")  # fmt: skip
-                    server = Server(where_ / "srv", store)
+                    server = Server(where_ / "srv", store, args.server_workers)
                     uri = server.uri
                 try:
                     cpu0 = server.cpu_s() if server else 0.0

@@ -129,27 +129,12 @@ def end_runs(client: MlflowClient, run_ids: list[str], status: str, end: int) ->
             ).update({"status": value, "end_time": end}, synchronize_session=False)
 
 
-def bulk_insert(tracker: Any, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]) -> None:
-    """INSERT the rows MLflow's own log_batch would write (metrics, latest_metrics, params),
-    using the store's engine and table definitions, all in one transaction. Idempotent, as
-    log_batch: a row already there is left alone (metrics and params: same primary key, same
-    values), a latest value is replaced only by a later one, so a sync can complete runs a
-    killed job filled in part. Raises NoFastPath before writing anything if the store is not
-    the SQLAlchemy store this was written for."""
-    store = _sql_store(tracker.client)
-    try:
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam
-    except Exception as exc:
-        raise NoFastPath(f"MLflow internals moved: {exc}") from None
-    tables = {
-        SqlMetric.__table__: _METRIC_COLUMNS,
-        SqlLatestMetric.__table__: _METRIC_COLUMNS,
-        SqlParam.__table__: _PARAM_COLUMNS,
-    }
-    for table, columns in tables.items():
-        if not set(columns) <= set(table.columns.keys()):
-            raise NoFastPath(f"table {table.name} has columns {list(table.columns.keys())}")
-
+def _rows(
+    runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]],
+) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """The metrics, latest_metrics and params rows of `runs`, as MLflow's log_batch makes them
+    (NaN stored as 0 with is_nan, +-inf as +-max float; the latest value of a key is its largest
+    (step, timestamp, value))."""
     metric_rows: list[tuple] = []
     latest_rows: list[tuple] = []
     param_rows: list[tuple] = []
@@ -171,6 +156,31 @@ def bulk_insert(tracker: Any, runs: Mapping[str, tuple[list[Metric], Mapping[str
                 latest[key] = row
         latest_rows += latest.values()
         param_rows += [(k, str(v)[:6000], run_id) for k, v in params.items()]
+    return metric_rows, latest_rows, param_rows
+
+
+def bulk_insert(tracker: Any, runs: Mapping[str, tuple[list[Metric], Mapping[str, str]]]) -> None:
+    """INSERT the rows MLflow's own log_batch would write (metrics, latest_metrics, params),
+    using the store's engine and table definitions, all in one transaction. Idempotent, as
+    log_batch: a row already there is left alone (metrics and params: same primary key, same
+    values), a latest value is replaced only by a later one, so a sync can complete runs a
+    killed job filled in part. Raises NoFastPath before writing anything if the store is not
+    the SQLAlchemy store this was written for."""
+    store = _sql_store(tracker.client)
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam
+    except Exception as exc:
+        raise NoFastPath(f"MLflow internals moved: {exc}") from None
+    tables = {
+        SqlMetric.__table__: _METRIC_COLUMNS,
+        SqlLatestMetric.__table__: _METRIC_COLUMNS,
+        SqlParam.__table__: _PARAM_COLUMNS,
+    }
+    for table, columns in tables.items():
+        if not set(columns) <= set(table.columns.keys()):
+            raise NoFastPath(f"table {table.name} has columns {list(table.columns.keys())}")
+
+    metric_rows, latest_rows, param_rows = _rows(runs)
 
     def insert(table: Any, columns: tuple[str, ...], tail: str) -> str:
         marks = ", ".join("?" for _ in columns)

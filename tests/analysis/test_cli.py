@@ -154,8 +154,6 @@ def test_missing_store_in_a_real_process(tmp_path: Path) -> None:
 def test_quick_multirun_then_analysis(tmp_path: Path, capsys, _empty_store: Path) -> None:
     """The harness's quick preset as a multirun (real writer, MAE loss), then the CLI on its
     store (real reader, in this process: a second interpreter would only re-import)."""
-    if not (REPO / "experiments" / "train.py").is_file():
-        pytest.skip("experiments/train.py (the harness) is not there yet")
     # An empty store with MLflow's schema already made: the harness skips 1-2 s of migrations
     # (making a store is tested in tests/experiments).
     shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
