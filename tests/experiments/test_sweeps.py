@@ -13,6 +13,7 @@ from tempfile import mkdtemp
 
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from experiments.record_format import JOBS_FINISHED, N_JOBS, TEST_ACC_MEAN
 from tests.experiments.conftest import REPO, app_args, run_app, runs_by_kind, sqlite_uri
@@ -77,8 +78,18 @@ def test_basic_launcher_multirun(tmp_path):
     proc = run_app(tmp_path, "-m", *FAST, "optim.lr=0.01,0.02", "replicas=2", f"tracking.uri={uri}")
     assert proc.returncode == 0, proc.stderr
     jobs = {lr: {"optim.lr": lr} for lr in ("0.01", "0.02")}
-    check_sweep(MlflowClient(uri), "quick", jobs, replicas=2)
+    client = MlflowClient(uri)
+    check_sweep(client, "quick", jobs, replicas=2)
     assert (tmp_path / "hydra" / "sweep" / "mlflow_sweep.json").is_file()
+    # provenance (experiments/provenance.py): Hydra's composed multirun config, as it saved it
+    sweep = client.search_runs(
+        [client.get_experiment_by_name("quick").experiment_id], "tags.`mtl.kind` = 'sweep'"
+    )[0]
+    saved = client.download_artifacts(sweep.info.run_id, "provenance/multirun.yaml", str(tmp_path))
+    logged = OmegaConf.load(saved)
+    assert logged == OmegaConf.load(tmp_path / "hydra" / "sweep" / "multirun.yaml")
+    assert "optim.lr=0.01,0.02" in logged.hydra.overrides.task
+    assert sweep.data.tags["mtl.versions"].startswith("torch=")
 
 
 def test_joblib_launcher_multirun_per_layer_activations(tmp_path):
