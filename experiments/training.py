@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 import minitorch as mt
@@ -269,10 +268,7 @@ def _train_shard(
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        # The fused step's backward products may run in numpy's OpenBLAS: give it torch's
-        # thread budget, or it would start one thread per core in every worker and launcher job.
-        with threadpool_limits(limits=threads, user_api="blas"):
-            return _train_shard_body(seeds, rates, spec, threads, progress, checkpoint, live)
+        return _train_shard_body(seeds, rates, spec, threads, progress, checkpoint, live)
     finally:
         torch.set_num_threads(before)
 
