@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
@@ -480,16 +481,21 @@ def _curves_from_artifact(
 
 
 def _curves_from_metrics(client: MlflowClient, run_id: str, version: str) -> pd.DataFrame | None:
-    cols = {}
+    """A run's curves from its metric history. Each curve may keep its own steps (the harness
+    keeps those that draw it, experiments/tracking.py curve_points), so every curve is read at
+    every step as its chart draws it: linearly between its stored points (a NaN next to a
+    point stays NaN, a gap)."""
+    series = {}
     for key in CURVE_COLUMNS:
         hist = client.get_metric_history(run_id, curve_metric(key, version))
         if hist:
-            cols[key] = pd.Series({h.step: h.value for h in hist})
-    if not cols:
+            points = sorted({h.step: h.value for h in hist}.items())
+            series[key] = np.array(points, dtype=float).T
+    if not series:
         return None
-    df = pd.DataFrame(cols).sort_index()
-    df.index.name = "epoch"
-    return df.reset_index()
+    steps = np.unique(np.concatenate([s[0] for s in series.values()]))
+    cols = {key: np.interp(steps, s[0], s[1]) for key, s in series.items()}
+    return pd.DataFrame({"epoch": steps.astype(int), **cols})
 
 
 def load_curves(

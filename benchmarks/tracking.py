@@ -197,15 +197,17 @@ def fresh_copy(bundle: Path, dst: Path) -> Path:
     return dst
 
 
-def check_arrived(uri: str, experiment: str, bundle: Path, history: int | None) -> str:
-    """Everything of the bundle in the store, or AssertionError: what is missing. `history`:
-    the points per curve expected in the metric history (None: all); curves.csv has all."""
+def check_arrived(
+    uri: str, experiment: str, bundle: Path, history: int | None, tolerance: float
+) -> str:
+    """Everything of the bundle in the store, or AssertionError: what is missing. `history`,
+    `tolerance`: the points per curve expected in the metric history, as `curve_points`
+    chooses them (None: all); curves.csv has all."""
     import numpy as np
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from experiments.record_format import CURVES, VERSION, Kind, Tag, curve_metric, where
-    from experiments.tracking import thin_history
+    from experiments.tracking import curve_points
 
     result = np.load(bundle / "result.npz")
     n_runs, n_points = result["train_loss"].shape
@@ -221,12 +223,21 @@ def check_arrived(uri: str, experiment: str, bundle: Path, history: int | None) 
             break
     assert len(runs) == n_runs, f"{len(runs)} replica runs, expected {n_runs}"
     assert all(r.info.status == "FINISHED" for r in runs), "replica runs not FINISHED"
-    steps = [Metric("c", 0.0, 0, i) for i in range(n_points)]
-    n_history = len(thin_history(steps, ["c"], history))
+    row = {int(s): i for i, s in enumerate(result["seeds"])}
+    epochs = [int(e) for e in result["eval_epochs"]]
+    n_history = []
     for run in runs[:: max(1, len(runs) // 5)]:  # a sample: histories are one query per curve
+        i = row[int(run.data.tags[Tag.SEED])]
         for curve in CURVES:
+            values = result[curve][i].tolist()
+            kept = range(len(values))
+            if history and len(values) > history:
+                kept = curve_points(epochs, values, history, tolerance)
+            want = [epochs[k] for k in kept]
             hist = client.get_metric_history(run.info.run_id, curve_metric(curve, VERSION))
-            assert len(hist) == n_history, f"{curve}: {len(hist)} points, expected {n_history}"
+            got = sorted(m.step for m in hist)
+            assert got == want, f"{curve}: steps {got[:8]}..., expected {want[:8]}..."
+            n_history.append(len(got))
         with tempfile.TemporaryDirectory() as tmp:
             csv = client.download_artifacts(run.info.run_id, "curves.csv", tmp)
             rows = len(Path(csv).read_text().splitlines()) - 1
@@ -237,8 +248,9 @@ def check_arrived(uri: str, experiment: str, bundle: Path, history: int | None) 
         assert {"curves.csv", "config.yaml"} <= top, f"run {run.info.run_id} artifacts: {top}"
         files += len(top)
     return (
-        f"{len(runs)} FINISHED runs; curves.csv {n_points} points, metric history {n_history} "
-        f"points x {len(CURVES)} curves; {files} artifacts (top level)"
+        f"{len(runs)} FINISHED runs; curves.csv {n_points} points, metric history "
+        f"{min(n_history)}-{max(n_history)} points a curve (median {int(np.median(n_history))}, "
+        f"the steps curve_points chooses); {files} artifacts (top level)"
     )
 
 
@@ -252,7 +264,12 @@ def upload_once(bundle: Path, uri: str, experiment: str) -> dict[str, float]:
     report = upload(Bundle.open(bundle), tracker)
     total = time.perf_counter() - t0
     parts = {k.removeprefix("logging_"): v for k, v in report.timings.items()}
-    return {"total": total, "history": tracker.history_points or 0, **parts}
+    return {
+        "total": total,
+        "history": tracker.history_points or 0,
+        "tolerance": tracker.history_tolerance,
+        **parts,
+    }
 
 
 def main() -> None:
@@ -263,8 +280,8 @@ def main() -> None:
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--train-s", type=float, help="training time to compare with "
                     "(default: the bundle's time/train_s)")  # fmt: skip
-    ap.add_argument("--server-workers", type=int, default=1,
-                    help="mlflow server --workers (MLflow's own default is 4)")  # fmt: skip
+    ap.add_argument("--server-workers", type=int, default=4,
+                    help="mlflow server --workers (4: mlflow's default)")  # fmt: skip
     args = ap.parse_args()
     backends = [b for b in args.backends.split(",") if b]
     root = Path(tempfile.mkdtemp(prefix="mtl-bench-tracking-"))
@@ -305,7 +322,8 @@ def main() -> None:
                     results[backend].append(upload_once(bundle, uri, "bench"))
                     results[backend][-1]["server_cpu"] = server.cpu_s() - cpu0 if server else 0.0
                     history = results[backend][-1]["history"] or None
-                    checks[backend] = check_arrived(uri, "bench", bundle, history)
+                    tolerance = results[backend][-1]["tolerance"]
+                    checks[backend] = check_arrived(uri, "bench", bundle, history, tolerance)
                 finally:
                     if server is not None:
                         server.stop()

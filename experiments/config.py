@@ -104,16 +104,18 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/runs/mlflow.db
     experiment: str = "minitorch"
-    replica_figures: bool = True  # figures/loss.png and figures/accuracy.png per replica
+    replica_figures: bool = True  # figures/curves.png (loss and accuracy) per replica
     replica_weights: bool = True  # weights.pt per replica
     figure_dpi: int = 80
     server_timeout_s: float = 5.0  # how long an http(s) tracking server may take to answer
     retry_s: float = 60.0  # how long to wait out a store that fails, before giving up on it
     rerun: bool = False  # train again even if the same config and seeds already FINISHED
     live_every_s: float = 5.0  # seconds between sends of a training job's mean curves (0: off)
-    # Points per curve in a replica run's metric history on a server (curves.csv has all; a
-    # server ingests a few thousand values a second); 0: every point.
-    server_history_points: int = 101
+    # A replica run's curves in the metric history (curves.csv has every point): at most
+    # this many points per curve (0: every point), those that draw the curve within
+    # history_tolerance x its range (experiments/tracking.py, curve_points).
+    history_points: int = 51
+    history_tolerance: float = 0.01
 
 
 @dataclass
@@ -268,14 +270,16 @@ def _job_problems(cfg: DictConfig) -> list[str]:
 
 
 def _tracking_problems(tr: DictConfig) -> list[str]:
-    points = tr.server_history_points
+    points = tr.history_points
     checks = [
         ("experiment", bool(tr.experiment), "a non-empty MLflow experiment name"),
         ("figure_dpi", tr.figure_dpi > 0, "a resolution > 0, e.g. 80"),
         ("server_timeout_s", tr.server_timeout_s > 0, "a number of seconds > 0"),
         ("retry_s", 0 < tr.retry_s <= 3600, "a number of seconds in (0, 3600], e.g. 60"),
-        ("server_history_points", points == 0 or points >= 2,
-         "0 (every point) or a number of points >= 2 per curve, e.g. 101"),
+        ("history_points", points == 0 or points >= 2,
+         "0 (every point) or a number of points >= 2 per curve, e.g. 51"),
+        ("history_tolerance", 0 <= tr.history_tolerance < 1,
+         "a fraction of a curve's range in [0, 1), e.g. 0.01 (0: as many points as allowed)"),
         ("live_every_s", 0 <= tr.live_every_s < float("inf"),
          "a number of seconds >= 0 (0: off), e.g. 5"),
     ]  # fmt: skip

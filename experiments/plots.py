@@ -2,7 +2,7 @@
 
 All replicas of a job share one figure with the same axes (limits from all of them, so the
 figures compare at a glance). Axes, ticks and legend are rendered once; each replica only
-draws its two lines and a label onto that background and is written straight to PNG.
+draws its four lines and a label onto that background and is written straight to PNG.
 A full `savefig` per replica cost ~55 ms (mostly text layout); this costs a few ms.
 No pyplot: no global state and no GUI backend.
 """
@@ -32,55 +32,23 @@ def _limits(values: np.ndarray, log: bool, floor: float | None = None) -> tuple[
     return lo - pad, hi + pad
 
 
-class CurveFigure:
-    """Train and test curves against epochs on fixed axes, redrawn cheaply per replica."""
-
-    def __init__(
-        self,
-        *,
-        xlim: tuple[float, float],
-        ylim: tuple[float, float],
-        ylabel: str,
-        log: bool = False,
-        legend: str = "upper right",
-        dpi: int = 80,
-    ) -> None:
-        self.fig = Figure(figsize=(5.0, 3.2), dpi=dpi)
-        self.canvas = FigureCanvasAgg(self.fig)
-        # Fixed margins: a layout engine would re-solve the layout on every draw.
-        self.fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.95)
-        self.ax = self.fig.add_subplot()
-        # animated: left out of the background render, drawn per replica with draw_artist.
-        (self.train,) = self.ax.plot([], [], label="train", lw=1.2, animated=True)
-        (self.test,) = self.ax.plot([], [], label="test", lw=1.2, animated=True)
-        self.label = self.ax.text(
-            0.02, 0.97, "", transform=self.ax.transAxes, va="top", animated=True
-        )
-        self.ax.set_yscale("log" if log else "linear")
-        self.ax.set_xlim(*xlim)
-        self.ax.set_ylim(*ylim)
-        self.ax.set_xlabel("epoch")
-        self.ax.set_ylabel(ylabel)
-        self.ax.grid(alpha=0.3)
-        self.ax.legend(loc=legend)
-        self.canvas.draw()
-        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
-
-    def save(self, path: Path, x: np.ndarray, train: np.ndarray, test: np.ndarray, label: str):
-        """Write the replica's curves (NaN points, e.g. after divergence, are gaps) to `path`."""
-        self.canvas.restore_region(self.background)
-        self.train.set_data(x, train)
-        self.test.set_data(x, test)
-        self.label.set_text(label)
-        for artist in (self.train, self.test, self.label):
-            self.ax.draw_artist(artist)
-        rgba = np.asarray(self.canvas.buffer_rgba())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgba[..., :3]).save(path, format="png", compress_level=1)
+def _panel(ax, *, xlim, ylim, ylabel: str, log: bool, legend: str) -> tuple:
+    """One panel's fixed axes, and its train and test lines (animated: drawn per replica)."""
+    (train,) = ax.plot([], [], label="train", lw=1.2, animated=True)
+    (test,) = ax.plot([], [], label="test", lw=1.2, animated=True)
+    ax.set_yscale("log" if log else "linear")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend)
+    return train, test
 
 
 class ReplicaFigures:
-    """figures/loss.png and figures/accuracy.png for every replica of one job, on shared axes."""
+    """figures/curves.png for every replica of one job: its loss (log scale) and accuracy
+    curves side by side, on the axes all the job's replicas share."""
 
     def __init__(self, curves: dict[str, np.ndarray], keep: np.ndarray, dpi: int = 80) -> None:
         """`curves`: epoch [E] and train/test loss/acc [R, E]; `keep` [R] bool: the replicas
@@ -90,30 +58,37 @@ class ReplicaFigures:
         xlim = (float(x[0]), float(max(x[-1], x[0] + 1)))
         loss = np.stack([curves["train_loss"][keep], curves["test_loss"][keep]])
         acc = 100 * np.stack([curves["train_acc"][keep], curves["test_acc"][keep]])
-        self.loss = CurveFigure(
-            xlim=xlim, ylim=_limits(loss, log=True), ylabel="loss", log=True, dpi=dpi
-        )
-        self.acc = CurveFigure(
-            xlim=xlim,
-            ylim=_limits(acc, log=False, floor=100.0),
-            ylabel="accuracy (%)",
-            legend="lower right",
-            dpi=dpi,
-        )
+        self.fig = Figure(figsize=(9.0, 3.2), dpi=dpi)
+        self.canvas = FigureCanvasAgg(self.fig)
+        # Fixed margins: a layout engine would re-solve the layout on every draw.
+        self.fig.subplots_adjust(left=0.08, right=0.975, bottom=0.15, top=0.95, wspace=0.22)
+        loss_ax, acc_ax = self.fig.subplots(1, 2)
+        self.lines = _panel(
+            loss_ax, xlim=xlim, ylim=_limits(loss, log=True), ylabel="loss", log=True,
+            legend="upper right",
+        ) + _panel(
+            acc_ax, xlim=xlim, ylim=_limits(acc, log=False, floor=100.0),
+            ylabel="accuracy (%)", log=False, legend="lower right",
+        )  # fmt: skip
+        self.label = loss_ax.text(0.02, 0.97, "", transform=loss_ax.transAxes, va="top",
+                                  animated=True)  # fmt: skip
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
 
-    def save(self, folder: Path, curves: dict[str, np.ndarray], r: int, label: str) -> None:
-        """Write replica r's two figures into `folder`."""
+    def save(self, path: Path, curves: dict[str, np.ndarray], r: int, label: str) -> None:
+        """Write replica r's figure to `path` (NaN points, e.g. after divergence, are gaps)."""
+        self.canvas.restore_region(self.background)
         x = curves["epoch"]
-        self.loss.save(
-            folder / "loss.png", x, curves["train_loss"][r], curves["test_loss"][r], label
-        )
-        self.acc.save(
-            folder / "accuracy.png",
-            x,
-            100 * curves["train_acc"][r],
-            100 * curves["test_acc"][r],
-            label,
-        )
+        values = (curves["train_loss"][r], curves["test_loss"][r],
+                  100 * curves["train_acc"][r], 100 * curves["test_acc"][r])  # fmt: skip
+        for line, y in zip(self.lines, values, strict=True):
+            line.set_data(x, y)
+        self.label.set_text(label)
+        for artist in (*self.lines, self.label):
+            artist.axes.draw_artist(artist)
+        rgba = np.asarray(self.canvas.buffer_rgba())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgba[..., :3]).save(path, format="png", compress_level=1)
 
 
 def _band(ax, x, values: np.ndarray, color: str, label: str, seeds: bool) -> None:

@@ -26,8 +26,10 @@ tracking.*) goes to ``mtl.cfg.*`` tags.
   point of its curve), STATS, time_key(part); artifacts
   CONFIG, REPLICAS_CSV (per-seed finals), JOB_FIGURE.
 - replica run: params = the science and its seed; tags SEED, JOB_RUN_ID, DIVERGED; metrics
-  CURVE_METRIC by epoch, FINAL (incl. final/diverged, final/diverged_epoch); artifacts CONFIG,
-  CURVES_CSV (every point at full precision), WEIGHTS, FIGURES.
+  CURVE_METRIC by epoch (at most tracking.history_points per curve, chosen by shape), FINAL
+  (incl. final/diverged, final/diverged_epoch); artifacts CONFIG, CURVES_CSV (every point at
+  full precision), WEIGHTS, REPLICA_FIGURE (before 2026-11-30: figures/loss.png and
+  figures/accuracy.png).
 - every run: FORMAT, KIND, STUDY, the owning process (HOST, PID, PID_START, BOOT_ID; sweep and
   job runs also HEARTBEAT), ERROR when it ended FAILED or KILLED.
 
@@ -205,7 +207,7 @@ class Artifact:
     CONFIG = "config.yaml"
     CURVES_CSV = "curves.csv"
     WEIGHTS = "weights.pt"
-    FIGURES = ("figures/loss.png", "figures/accuracy.png")
+    REPLICA_FIGURE = "figures/curves.png"  # a replica's loss and accuracy, side by side
     SWEEP_JOBS = "sweep_jobs.json"
     REPLICAS_CSV = "replicas.csv"  # a job's seeds and their final metrics
     JOB_FIGURE = "figures/curves.png"  # a job's mean curves, band and seeds

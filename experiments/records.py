@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from experiments.record_format import (
     TEST_ACC_MEAN,
     Artifact,
 )
+from experiments.tracking import curve_points
 from experiments.training import TrainResult
 
 
@@ -47,24 +50,31 @@ def curves_of(result: TrainResult) -> dict[str, np.ndarray]:
 
 def curves_csv(curves: Mapping[str, np.ndarray], r: int) -> str:
     """Replica r's curves at full float64 precision, columns epoch + CURVES."""
-    lines = ["epoch," + ",".join(CURVES)]
-    columns = [curves[k][r] for k in CURVES]
-    for i, epoch in enumerate(curves["epoch"]):
-        lines.append(f"{int(epoch)}," + ",".join(repr(float(c[i])) for c in columns))
-    return "\n".join(lines) + "\n"
+    columns = [[int(e) for e in curves["epoch"]], *(curves[k][r].tolist() for k in CURVES)]
+    rows = (",".join(map(repr, row)) for row in zip(*columns, strict=True))
+    return "epoch," + ",".join(CURVES) + "\n" + "\n".join(rows) + "\n"
 
 
 def replica_metrics(
-    curves: Mapping[str, np.ndarray], result: TrainResult, r: int, ts: int
+    curves: Mapping[str, np.ndarray],
+    result: TrainResult,
+    r: int,
+    ts: int,
+    points: int | None = None,
+    tolerance: float = 0.0,
 ) -> list[Metric]:
-    """All of replica r's metric values, one Metric each (timestamp ts), sent in batches."""
+    """Replica r's metric values, one Metric each (timestamp ts), sent in batches: its curves,
+    each at most `points` values (None: all) as `curve_points` chooses them, and its finals
+    (the last value of every curve is kept, so a run's latest value is its final one)."""
     epochs = [int(e) for e in curves["epoch"]]
     last = epochs[-1]
-    out = [
-        Metric(CURVE_METRIC[key], float(v), ts, e)
-        for key in CURVES
-        for e, v in zip(epochs, curves[key][r].tolist(), strict=True)
-    ]
+    out = []
+    for key in CURVES:
+        values = curves[key][r].tolist()
+        kept = range(len(values))
+        if points and len(values) > points:
+            kept = curve_points(epochs, values, points, tolerance)
+        out += [Metric(CURVE_METRIC[key], values[i], ts, epochs[i]) for i in kept]
     out += [Metric(FINAL[key], float(curves[key][r][-1]), ts, last) for key in CURVES]
     out.append(Metric(DIVERGED_METRIC, float(bool(result.diverged[r])), ts, last))
     out.append(Metric(DIVERGED_EPOCH, float(int(result.diverged_epoch[r])), ts, last))
@@ -158,15 +168,18 @@ def replica_yaml_writer(config_yaml: str) -> Callable[[int], str]:
     from omegaconf import OmegaConf
 
     resolved = OmegaConf.create(config_yaml)
+    resolved.seed = 0
+    resolved.replicas = 1
+    text = OmegaConf.to_yaml(resolved)  # once: replicas differ only in the top-level seed line
+    seed_line = re.compile(r"^seed: 0$", re.MULTILINE)
+    assert len(seed_line.findall(text)) == 1, text
 
     def write(seed: int) -> str:
-        resolved.seed = seed
-        resolved.replicas = 1
         header = (
             f"# Replica with seed {seed}; the same model alone: "
             f"python -m experiments.train seed={seed} replicas=1 ... (values below)\n"
         )
-        return header + OmegaConf.to_yaml(resolved)
+        return header + seed_line.sub(f"seed: {seed}", text)
 
     return write
 
@@ -200,29 +213,32 @@ def write_replica_folders(
             label = f"seed {seed}"
             if bool(result.diverged[r]):
                 label += f", diverged at epoch {int(result.diverged_epoch[r])}"
-            plots.save(sub / "figures", curves, r, label)
+            plots.save(sub / Artifact.REPLICA_FIGURE, curves, r, label)
             t_fig += time.perf_counter() - tf
     os.replace(tmp, folder)
     return time.perf_counter() - t0 - t_fig, t_fig
 
 
 class Forked:
-    """fn() run in a forked child process while the caller goes on; `result()` waits for it.
+    """fn(inbox) run in a forked child process while the caller goes on; `result()` waits for it.
 
-    The child gets a copy of everything (no pickling of fn), sends back fn's return value or
-    its error, and exits without running the parent's exit handlers.
+    The child gets a copy of everything (no pickling of fn), can wait for one value the parent
+    sends later (`inbox()` returns what `give` sent: e.g. run ids made after the fork), sends
+    back fn's return value or its error, and exits without running the parent's exit handlers.
     """
 
-    def __init__(self, fn: Callable[[], object]) -> None:
+    def __init__(self, fn: Callable[[Callable[[], Any]], object]) -> None:
         ctx = multiprocessing.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
+        inbox, self._give = ctx.Pipe(duplex=False)
 
         parent = os.getpid()
 
         def target() -> None:
             init_worker(parent)
+            self._give.close()  # the parent's end: EOF in inbox() if the parent goes away
             try:
-                send.send(("ok", fn()))
+                send.send(("ok", fn(inbox.recv)))
             except BaseException as exc:  # reported to the parent, which raises it
                 try:
                     send.send(("error", exc))
@@ -232,6 +248,11 @@ class Forked:
         self._proc = ctx.Process(target=target, daemon=True)
         self._proc.start()
         send.close()
+        inbox.close()
+
+    def give(self, value: object) -> None:
+        """Send `value` to the child's `inbox()`."""
+        self._give.send(value)
 
     def result(self):
         try:
@@ -254,3 +275,4 @@ class Forked:
             self._proc.terminate()
             self._proc.join()
         self._recv.close()
+        self._give.close()

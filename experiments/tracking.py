@@ -8,10 +8,7 @@ Speed, per store (benchmarks/tracking.py measures all three on the report study)
 - A server (http://, any backend): the replica runs are created, filled (log_batch, at most
   1,000 metrics a call) and ended by `SERVER_WORKERS` threads through MLflow's public client
   (`Tracker.parallel`: the first error is raised in the caller as it was raised, the rest is
-  cancelled). A server ingests a few thousand metric values a second, so a replica's curves go
-  into its metric history at the resolution the UI draws (`history_points`, default
-  `SERVER_HISTORY_POINTS` per curve, the last point always included); curves.csv keeps every
-  point, and the analysis reads it.
+  cancelled). A server's cost is its per-value inserts (~0.3 ms each).
 - sqlite: MLflow's `log_batch` builds one ORM object per value (~5,700 values/s here), which
   made the report's 110 x 1,604 curve points a 31 s affair. The replica runs and their metrics
   and params are therefore written in bulk through the store's own engine and tables (~100,000
@@ -20,6 +17,11 @@ Speed, per store (benchmarks/tracking.py measures all three on the report study)
   tests/experiments/test_tracking_speed.py, and mlflow is bounded in pyproject.toml to the
   versions those tests ran on. Any other store, or any surprise in the schema, takes the
   public API.
+
+On every store a replica's curves go into its metric history at the resolution a chart needs:
+at most `history_points` per curve, chosen to draw it within `history_tolerance` of its range
+(`curve_points`; the first and last point always included). curves.csv keeps every point, and
+the analysis reads it.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import contextlib
 import fcntl
 import getpass
 import hashlib
+import heapq
 import itertools
 import logging
-import math
 import os
 import random
 import re
@@ -38,11 +40,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
@@ -73,9 +76,12 @@ MAX_TAGS_PER_BATCH = 100
 # Threads for the replica runs against a server ($MTL_STORE_THREADS overrides); MLflow's HTTP
 # pool keeps 10 connections a host.
 SERVER_WORKERS = 8
-# Points per curve in a replica run's metric history on a server (MLflow's UI samples at most
-# 320 per chart line): the default of tracking.server_history_points; 0: every point.
-SERVER_HISTORY_POINTS = 101
+# A replica run's curves in the metric history (each value costs a server ~0.3 ms): at most
+# this many points per curve (tracking.history_points; 0: every point), those that draw it
+# within this fraction of its range (tracking.history_tolerance); see `curve_points`.
+# MLflow's UI draws at most 320 points a line.
+HISTORY_POINTS = 51
+HISTORY_TOLERANCE = 0.01
 PARALLEL_GRACE_S = 15.0  # how long a failed or interrupted `parallel` waits for its running calls
 T = TypeVar("T")
 _worker = threading.local()  # .stop: the Event that cancels this worker thread's retries
@@ -314,9 +320,10 @@ class Tracker:
         # Threads for many runs at once (`parallel`): a server overlaps requests; sqlite takes
         # one writer at a time and has its bulk path.
         self.workers = int(os.environ.get("MTL_STORE_THREADS", SERVER_WORKERS)) if server else 1
-        # Points per curve in a replica's metric history (None: all): see the module doc;
-        # set from tracking.server_history_points by the upload.
-        self.history_points: int | None = SERVER_HISTORY_POINTS if server else None
+        # Points per curve in a replica's metric history (None: all) and how close they draw
+        # it: see the module doc; set from tracking.history_* by the upload.
+        self.history_points: int | None = HISTORY_POINTS
+        self.history_tolerance = HISTORY_TOLERANCE
         self._runs_lock = threading.Lock()  # open_runs and _beating, changed from threads
         self.open_runs: list[str] = []
         self.artifact_uris: dict[str, str] = {}  # of the runs this tracker created
@@ -568,30 +575,44 @@ def _batches(
     return out
 
 
-def thin_history(metrics: list[Metric], keys: Iterable[str], points: int | None) -> list[Metric]:
-    """`metrics` with each of `keys` kept at about `points` steps (None: all): every k-th of
-    its values in step order (a regular stride, as a chart wants), and always its last, so the
-    run's latest value stays the final one. Other keys are kept whole."""
-    if not points or points <= 0:
-        return metrics
-    keys = set(keys)
-    by_key: dict[str, list[Metric]] = {}
-    out = []
-    for m in metrics:
-        if m.key in keys:
-            by_key.setdefault(m.key, []).append(m)
-        else:
-            out.append(m)
-    for series in by_key.values():
-        series.sort(key=lambda m: (m.step, m.timestamp))
-        if len(series) > points:
-            stride = math.ceil((len(series) - 1) / max(points - 1, 1))
-            kept = series[::stride]
-            if kept[-1] is not series[-1]:
-                kept.append(series[-1])
-            series = kept
-        out += series
-    return out
+def curve_points(
+    steps: Sequence[float], values: Sequence[float], points: int, tolerance: float
+) -> list[int]:
+    """The indices of at most `points` values that draw the curve (steps, values) as a line
+    within `tolerance` x its range of the full curve, wherever possible (greedy Douglas-Peucker:
+    the first and last point, then again and again the point farthest above or below the line
+    drawn so far). A chart 300 pixels high draws tolerance 0.01 within 3 pixels. Non-finite
+    values (a diverged replica) are drawn as gaps: where each starts and ends is kept too."""
+    x = np.asarray(steps, dtype=float)
+    y = np.asarray(values, dtype=float)
+    n = len(y)
+    if n <= points:
+        return list(range(n))
+    finite = np.isfinite(y)
+    edges = np.flatnonzero(finite[1:] != finite[:-1])
+    kept = sorted({0, n - 1, *edges.tolist(), *(edges + 1).tolist()})
+    span = float(np.ptp(y[finite])) if finite.any() else 0.0
+    limit = tolerance * span
+
+    def farthest(a: int, b: int) -> tuple[float, int, int, int]:
+        if b - a < 2 or not finite[a]:  # no point between, or a gap: nothing to draw
+            return (0.0, a, b, -1)
+        line = y[a] + (y[b] - y[a]) * (x[a + 1 : b] - x[a]) / (x[b] - x[a])
+        off = np.abs(y[a + 1 : b] - line)
+        i = int(np.argmax(off))
+        return (-float(off[i]), a, b, a + 1 + i)
+
+    heap = [farthest(a, b) for a, b in itertools.pairwise(kept)]
+    heapq.heapify(heap)
+    chosen = set(kept)
+    while heap and len(chosen) < points:
+        off, a, b, i = heapq.heappop(heap)
+        if i < 0 or -off <= limit:
+            break
+        chosen.add(i)
+        heapq.heappush(heap, farthest(a, i))
+        heapq.heappush(heap, farthest(i, b))
+    return sorted(chosen)
 
 
 def _run_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str, str]:

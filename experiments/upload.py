@@ -10,6 +10,7 @@ killed upload left, and a second upload of the same bundle adds nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,6 @@ from experiments.bundle import Bundle
 from experiments.config import flatten
 from experiments.errors import StoreUnavailable
 from experiments.record_format import (
-    CURVE_METRIC,
     MEAN,
     Artifact,
     Kind,
@@ -39,7 +39,12 @@ from experiments.records import (
     replicas_csv,
     write_replica_folders,
 )
-from experiments.tracking import Tracker, now_ms, thin_history
+from experiments.tracking import (
+    HISTORY_POINTS,
+    HISTORY_TOLERANCE,
+    Tracker,
+    now_ms,
+)
 
 
 @dataclass
@@ -146,36 +151,41 @@ def _new_replica_runs(
 
 
 def _fill_replicas(
-    bundle: Bundle, tracker: Tracker, result: Any, todo: dict[int, str], cfg: Any
+    bundle: Bundle,
+    tracker: Tracker,
+    result: Any,
+    todo: dict[int, str],
+    cfg: Any,
+    writer: Forked,
 ) -> tuple[bool, dict[str, float]]:
-    """Metrics, params and artifacts of the replica runs in `todo` (seed -> run id), then end
-    them FINISHED. The artifact folders are made (if missing) and uploaded by a forked process
-    on the other core while this one stores the metrics. On a server the curves go into the
-    metric history at `tracker.history_points` per curve (curves.csv has every point)."""
+    """Metrics and params of the replica runs in `todo` (seed -> run id), then end them
+    FINISHED. `writer` (the forked process of `_artifacts`) makes and uploads their artifacts
+    meanwhile, on the other core. The curves go into the metric history at up to
+    `tracker.history_points` per curve, as `curve_points` chooses them (curves.csv has every
+    point)."""
     t0 = time.perf_counter()
     curves = curves_of(result)
     index = {s: r for r, s in enumerate(result.seeds)}
     ts = int(bundle.manifest["logged_ms"])
     flat = flatten(cfg)
-    writer = Forked(lambda: _artifacts(bundle, tracker, result, todo, cfg))
-    try:
-        bulk = tracker.bulk_log(
-            {
-                run_id: (
-                    thin_history(
-                        replica_metrics(curves, result, index[seed], ts),
-                        CURVE_METRIC.values(),
-                        tracker.history_points,
-                    ),
-                    split_config(flat, seed=seed)[0],
-                )
-                for seed, run_id in todo.items()
-            }
-        )
-        t_metrics = time.perf_counter() - t0
-        t_files, t_fig = writer.result()
-    finally:
-        writer.stop()
+    bulk = tracker.bulk_log(
+        {
+            run_id: (
+                replica_metrics(
+                    curves,
+                    result,
+                    index[seed],
+                    ts,
+                    tracker.history_points,
+                    tracker.history_tolerance,
+                ),
+                split_config(flat, seed=seed)[0],
+            )
+            for seed, run_id in todo.items()
+        }
+    )
+    t_metrics = time.perf_counter() - t0
+    t_files, t_fig = writer.result()
     t1 = time.perf_counter()
     tracker.end_runs(list(todo.values()), "FINISHED")
     return bulk, {
@@ -188,10 +198,12 @@ def _fill_replicas(
 
 
 def _artifacts(
-    bundle: Bundle, tracker: Tracker, result: Any, todo: dict[int, str], cfg: Any
+    bundle: Bundle, tracker: Tracker, result: Any, cfg: Any, inbox: Callable[[], Any]
 ) -> tuple[float, float]:
-    """(In the forked process.) The replica folders, made once, and their upload (one run per
-    thread on a server, `tracker.workers` at a time)."""
+    """(In the forked process, started before the replica runs are created.) The replica
+    folders, made once; then, with the runs to fill from `inbox()` ((seed -> run id, run id
+    -> artifact uri)), their upload (one run per thread on a server, `tracker.workers` at a
+    time)."""
     t_files = t_fig = 0.0
     if not bundle.replicas_dir.is_dir():
         t_files, t_fig = write_replica_folders(
@@ -202,6 +214,8 @@ def _artifacts(
             weights=bool(cfg.tracking.replica_weights),
             dpi=int(cfg.tracking.figure_dpi),
         )
+    todo, uris = inbox()
+    tracker.artifact_uris.update(uris)  # the forked writer must not query the store
     t0 = time.perf_counter()
 
     def send(item: tuple[int, str]) -> None:
@@ -284,6 +298,37 @@ def _finish_job(
     tracker.end_run(run_id, "FINISHED")
 
 
+def _upload_replicas(
+    bundle: Bundle, tracker: Tracker, result: Any, cfg: Any, report: UploadReport
+) -> tuple[float, dict[str, float]]:
+    """The replica runs made complete: found or created, filled and ended; their artifacts
+    made and sent by a forked writer that starts before the runs are created (the folders
+    need no run ids). Returns when the runs existed, and the fill's timings."""
+    by_seed = _replica_runs(bundle, tracker)
+    missing = [s for s in result.seeds if s not in by_seed]
+    todo = {s: r.info.run_id for s, r in by_seed.items() if r.info.status != "FINISHED"}
+    report.already = len(by_seed) - len(todo)
+    if not (todo or missing):
+        return time.perf_counter(), {}
+    writer = Forked(lambda inbox: _artifacts(bundle, tracker, result, cfg, inbox))
+    try:
+        uris = {r.info.run_id: r.info.artifact_uri for r in by_seed.values()}
+        if missing:
+            created = _new_replica_runs(bundle, tracker, result, missing, report.job_run_id, cfg)
+            todo.update(zip(missing, created, strict=True))
+            uris.update({run_id: tracker.artifact_uris[run_id] for run_id in created})
+            report.created = len(created)
+        runs = {s: r.info.run_id for s, r in by_seed.items()} | todo
+        bundle.update(replica_run_ids={str(s): run_id for s, run_id in runs.items()})
+        writer.give((todo, uris))
+        t1 = time.perf_counter()
+        report.bulk, split = _fill_replicas(bundle, tracker, result, todo, cfg, writer)
+        report.run_ids += list(todo.values())
+    finally:
+        writer.stop()
+    return t1, split
+
+
 def upload(bundle: Bundle, tracker: Tracker) -> UploadReport:
     """Make the store hold the bundle's job complete; see the module docstring."""
     t0 = time.perf_counter()
@@ -291,34 +336,17 @@ def upload(bundle: Bundle, tracker: Tracker) -> UploadReport:
     cfg = OmegaConf.load(bundle.path / "config.yaml")
     if "logged_ms" not in bundle.manifest:
         bundle.update(logged_ms=now_ms())
-    if tracker.history_points is not None:  # a server
-        tracker.history_points = int(cfg.tracking.get("server_history_points", 101)) or None
+    tracker.history_points = int(cfg.tracking.get("history_points", HISTORY_POINTS)) or None
+    tracker.history_tolerance = float(cfg.tracking.get("history_tolerance", HISTORY_TOLERANCE))
     job_run = ensure_job_run(bundle, tracker)
-    job_run_id = job_run.info.run_id
-    report = UploadReport(job_run_id)
-    by_seed = _replica_runs(bundle, tracker)
-    missing = [s for s in result.seeds if s not in by_seed]
-    todo = {s: r.info.run_id for s, r in by_seed.items() if r.info.status != "FINISHED"}
-    for run in by_seed.values():  # the forked artifact writer must not query the store
-        tracker.artifact_uris.setdefault(run.info.run_id, run.info.artifact_uri)
-    report.already = len(by_seed) - len(todo)
-    if missing:
-        created = _new_replica_runs(bundle, tracker, result, missing, job_run_id, cfg)
-        todo.update(zip(missing, created, strict=True))
-        report.created = len(created)
-    ids = {str(s): r.info.run_id for s, r in by_seed.items()} | {str(s): r for s, r in todo.items()}
-    bundle.update(replica_run_ids=ids)
-    t1 = time.perf_counter()
-    split: dict[str, float] = {}
-    if todo:
-        report.bulk, split = _fill_replicas(bundle, tracker, result, todo, cfg)
-        report.run_ids += list(todo.values())
+    report = UploadReport(job_run.info.run_id)
+    t1, split = _upload_replicas(bundle, tracker, result, cfg, report)
     if job_run.info.status != "FINISHED" or report.run_ids:
         times = {f"logging_{k}": v for k, v in split.items()}
         times["logging_create"] = t1 - t0
         times["logging"] = time.perf_counter() - t0
         report.timings = times
         _finish_job(bundle, tracker, job_run, result, job, report)
-        report.run_ids.append(job_run_id)
+        report.run_ids.append(report.job_run_id)
     bundle.update(state="uploaded")
     return report

@@ -121,3 +121,32 @@ def test_runs_of_a_newer_record_format_are_refused(store) -> None:
     store.client.set_tag(replica, Tag.FORMAT, str(int(VERSION) + 1))
     with pytest.raises(AnalysisError, match=f"record format {int(VERSION) + 1}.*up to {VERSION}"):
         load_study(store.uri)
+
+
+def test_curves_from_metrics_read_each_curve_at_every_step_as_drawn(tmp_path) -> None:
+    """Each curve keeps its own steps in the history (the harness thins them by shape):
+    read back, every curve has every step, linear between its points, NaN kept as a gap."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from analysis.collect import _curves_from_metrics
+    from experiments.record_format import CURVE_METRIC, VERSION
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    stored = {
+        "train_loss": {0: 1.0, 40: 0.2},
+        "test_loss": {0: 1.0, 10: 0.5, 40: 0.3},
+        "train_acc": {0: 0.5, 20: 0.9, 40: 0.9},
+        "test_acc": {0: 0.5, 20: float("nan"), 40: float("nan")},
+    }
+    metrics = [
+        Metric(CURVE_METRIC[k], v, 0, s) for k, pts in stored.items() for s, v in pts.items()
+    ]
+    client.log_batch(run_id, metrics=metrics)
+    df = _curves_from_metrics(client, run_id, VERSION)
+    assert list(df["epoch"]) == [0, 10, 20, 40]
+    np.testing.assert_allclose(df["train_loss"], [1.0, 0.8, 0.6, 0.2])
+    np.testing.assert_allclose(df["test_loss"], [1.0, 0.5, 0.4333333333, 0.3])
+    np.testing.assert_allclose(df["train_acc"], [0.5, 0.7, 0.9, 0.9])
+    np.testing.assert_allclose(df["test_acc"], [0.5, np.nan, np.nan, np.nan])

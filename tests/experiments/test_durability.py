@@ -236,8 +236,11 @@ def test_disk_full_at_logging_keeps_the_bundle_and_sync_completes(tmp_path):
         assert len(kinds["replica"]) == 20 and {r.info.status for r in kinds["replica"]} == {
             "FINISHED"
         }
-        history = client.get_metric_history(kinds["replica"][3].info.run_id, "curves/train_loss")
-        assert len({m.step for m in history}) == 401
+        replica = kinds["replica"][3].info.run_id
+        steps = sorted(m.step for m in client.get_metric_history(replica, "curves/train_loss"))
+        assert steps[0] == 0 and steps[-1] == 400 and len(steps) <= 51  # tracking.history_points
+        csv = Path(client.download_artifacts(replica, "curves.csv", str(tmp_path)))
+        assert len(csv.read_text().splitlines()) == 1 + 401  # every epoch
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 

@@ -8,12 +8,13 @@ import sqlite3
 import threading
 import time
 
+import numpy as np
 import pytest
 from mlflow.entities import Metric
 
 from experiments.errors import StoreUnavailable
 from experiments.sqlite_fast import bulk_insert
-from experiments.tracking import Tracker, thin_history
+from experiments.tracking import Tracker, curve_points
 from tests.experiments.conftest import sqlite_uri
 
 TABLES = {
@@ -153,17 +154,60 @@ def test_an_interrupt_cancels_the_pool_and_stops_its_retries(tmp_path):
     assert tracker.down is None  # the store was not given up on: runs can still be ended
 
 
-def test_thin_history_keeps_a_regular_stride_and_the_last_point():
-    curve = [Metric("curves/a", float(i), 0, 10 * i) for i in range(401)]
-    other = [Metric("final/a", 1.0, 0, 4000)]
-    kept = thin_history(curve + other, ["curves/a"], 101)
-    steps = [m.step for m in kept if m.key == "curves/a"]
-    assert steps == list(range(0, 4001, 40)) and len(steps) == 101
-    assert [m for m in kept if m.key == "final/a"] == other
-    odd = thin_history(curve[:400], ["curves/a"], 100)  # the last step is kept off the stride
-    assert [m.step for m in odd] == [*range(0, 3951, 50), 3990]
-    assert thin_history(curve, ["curves/a"], None) == curve
-    assert len(thin_history(curve, ["curves/a"], 1000)) == 401
+def _drawn(steps, values, kept):
+    """The largest distance between the full curve and the line through the kept points."""
+    return float(np.max(np.abs(np.interp(steps, steps[kept], values[kept]) - values)))
+
+
+def test_curve_points_keep_the_shape_of_a_learning_curve_within_the_tolerance():
+    steps = np.arange(0, 4001, 10)
+    loss = 0.25 * np.exp(-steps / 60) + 0.02 * np.exp(-steps / 1500)  # a fast drop, then slow
+    index = curve_points(steps.tolist(), loss.tolist(), 51, 0.01)
+    assert index[0] == 0 and index[-1] == 400 and index == sorted(set(index))
+    assert len(index) < 25  # a smooth curve needs few points...
+    assert _drawn(steps, loss, index) <= 0.01 * np.ptp(loss)  # ...to be drawn within 1%
+    assert sum(i < 10 for i in index) >= 4  # most of them where it drops (the first 100 epochs)
+    # A regular stride of as many points misses the drop by a quarter of the range.
+    stride = list(range(0, 401, 400 // (len(index) - 1)))
+    assert _drawn(steps, loss, stride) > 0.25 * np.ptp(loss)
+
+
+def test_replica_metrics_send_the_finals_and_each_curve_at_its_points():
+    from types import SimpleNamespace
+
+    from experiments.record_format import CURVE_METRIC, CURVES, FINAL
+    from experiments.records import replica_metrics
+
+    steps = np.arange(0, 4001, 10)
+    rng = np.random.default_rng(1)
+    curves = {"epoch": steps, **{k: rng.random((2, 401)) for k in CURVES}}
+    result = SimpleNamespace(diverged=np.array([False, True]), diverged_epoch=np.array([-1, 7]))
+    every = replica_metrics(curves, result, 1, 5)
+    assert len(every) == 4 * 401 + 4 + 2 and {m.timestamp for m in every} == {5}
+    thinned = replica_metrics(curves, result, 1, 5, points=51, tolerance=0.01)
+    for key in CURVES:
+        kept = [m for m in thinned if m.key == CURVE_METRIC[key]]
+        want = curve_points(steps.tolist(), curves[key][1].tolist(), 51, 0.01)
+        assert [m.step for m in kept] == [int(steps[i]) for i in want]
+        assert [m.value for m in kept] == [curves[key][1][i] for i in want]
+    finals = {m.key: m.value for m in thinned if not m.key.startswith("curves/")}
+    assert finals == {**{FINAL[k]: curves[k][1][-1] for k in CURVES},
+                      "final/diverged": 1.0, "final/diverged_epoch": 7.0}  # fmt: skip
+    assert replica_metrics(curves, result, 1, 5, points=1000, tolerance=0.01) == every
+
+
+def test_curve_points_stop_at_the_budget_and_keep_where_a_curve_diverges():
+    rng = np.random.default_rng(0)
+    steps = np.arange(401.0)
+    noisy = 0.9 + 0.02 * rng.standard_normal(401)  # noise: never within 0.1% of its range
+    kept = curve_points(steps, noisy, 51, 0.001)
+    assert len(kept) == 51 and kept[0] == 0 and kept[-1] == 400
+    budget = [_drawn(steps, noisy, curve_points(steps, noisy, n, 0.0)) for n in (11, 51, 201)]
+    assert budget[0] > budget[1] > budget[2]  # more points, a closer line
+    assert curve_points(steps, noisy, 401, 0.5) == list(range(401))  # within the budget: all
+    diverged = np.where(steps < 150, 1.0 - steps / 300, np.nan)  # a straight line, then NaN
+    kept = curve_points(steps, diverged, 51, 0.01)
+    assert kept == [0, 149, 150, 400]  # the ends of the line and of the gap
 
 
 def test_the_analysis_follows_experiment_pages_to_the_end(tmp_path, monkeypatch):
