@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from experiments.callbacks import _job_overrides
 from experiments.config import ConfigError, config_hash, flatten, spec_values, validate
@@ -64,7 +64,8 @@ DEFAULT_FLAT = {
     "replicas": "1", "seed": "0", "tracking.experiment": "minitorch", "tracking.figure_dpi": "80",
     "tracking.live_every_s": "5.0", "tracking.replica_figures": "True",
     "tracking.replica_weights": "True", "tracking.rerun": "False", "tracking.retry_s": "60.0",
-    "tracking.server_history_points": "101", "tracking.server_timeout_s": "5.0",
+    "tracking.history_points": "51", "tracking.history_tolerance": "0.01",
+    "tracking.server_timeout_s": "5.0",
     "tracking.uri": "None", "trainer.batch_size": "25",
     "trainer.checkpoint_dir": str(CONF.parent / "runs" / "checkpoints"),
     "trainer.checkpoint_every": "500", "trainer.epochs": "4000", "trainer.eval_every": "10",
@@ -242,3 +243,39 @@ def test_default_output_dirs_are_under_runs_hydra():
     assert str(cfg.hydra.run.dir).startswith(f"{root}/")
     assert str(cfg.hydra.sweep.dir).startswith(f"{root}/multirun/")
     assert cfg.hydra.callbacks.mlflow_sweep._target_ == "experiments.callbacks.MlflowSweepCallback"
+
+
+@pytest.mark.parametrize(
+    ("preset", "sweep", "n_composed"),
+    [
+        ("grid", [], 1),  # 100 jobs, one composition
+        # act1 fills the activations; experiment= is a config group: those jobs are composed
+        ("quick", ["experiment=quick,report_faithful", "model.act1=tanh,relu", "optim.lr=0.1,0.3",
+                   "optim=sgd"], 1 + 4),
+    ],
+)  # fmt: skip
+def test_the_precheck_configs_are_those_hydra_composes(preset, sweep, n_composed):
+    """The precheck composes the first job and sets the others' plain values on a copy: the
+    same configs (and hashes) as composing each job, as the launcher will."""
+    from experiments.callbacks import _job_configs, _task
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.overrides.task = [f"experiment={preset}", *sweep]
+        jobs = _job_overrides(cfg)
+        assert len(jobs) >= 8
+        loader = GlobalHydra.instance().config_loader()
+        composed_by_precheck = []
+
+        class Counting:
+            def load_sweep_config(self, config, overrides):
+                composed_by_precheck.append(overrides)
+                return loader.load_sweep_config(config, overrides)
+
+        fast = list(_job_configs(Counting(), cfg, jobs))
+        assert len(composed_by_precheck) == n_composed
+        for overrides, job_cfg in zip(jobs, fast, strict=True):
+            composed = _task(loader.load_sweep_config(cfg, overrides))
+            assert flatten(job_cfg) == flatten(composed), overrides
+            assert config_hash(job_cfg) == config_hash(composed)
