@@ -201,9 +201,9 @@ def _artifacts(
     bundle: Bundle, tracker: Tracker, result: Any, cfg: Any, inbox: Callable[[], Any]
 ) -> tuple[float, float]:
     """(In the forked process, started before the replica runs are created.) The replica
-    folders, made once; then, with the runs to fill from `inbox()` ((seed -> run id, run id
-    -> artifact uri)), their upload (one run per thread on a server, `tracker.workers` at a
-    time)."""
+    folders and the job run's folder, made once; then, with the runs to fill from `inbox()`
+    ((seed -> run id, run id -> artifact uri)), the replicas' upload (one run per thread on a
+    server, `tracker.workers` at a time)."""
     t_files = t_fig = 0.0
     if not bundle.replicas_dir.is_dir():
         t_files, t_fig = write_replica_folders(
@@ -214,6 +214,9 @@ def _artifacts(
             weights=bool(cfg.tracking.replica_weights),
             dpi=int(cfg.tracking.figure_dpi),
         )
+    t0 = time.perf_counter()
+    job_folder(bundle, result, cfg)  # the job run's own files, made here while the runs fill
+    t_files += time.perf_counter() - t0
     todo, uris = inbox()
     tracker.artifact_uris.update(uris)  # the forked writer must not query the store
     t0 = time.perf_counter()
