@@ -135,22 +135,47 @@ def _job_configs(loader: Any, config: DictConfig, jobs: list[list[str]]) -> Iter
     """Each job's task config, as Hydra composes it. Composing reads the config files again
     (~0.2 s a job), so only the first job is composed when the others differ from it in plain
     values (`key=value` on a key it has, not a config group): they are it with those values
-    set as Hydra sets them (OmegaConf.update, merge=True); any other job is composed."""
+    set as Hydra sets them (OmegaConf.update, merge=True); any other job is composed. An
+    override that cannot be applied raises ConfigError."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parse = OverridesParser.create().parse_overrides
-    first = _task(loader.load_sweep_config(config, jobs[0]))
+    first = _composed(loader, config, jobs[0])
     yield first
     base = {o.input_line: o for o in parse(jobs[0])}
     for overrides in jobs[1:]:
         changed = [o for o in parse(overrides) if o.input_line not in base]
-        if all(_plain(o, first) for o in changed):
-            job_cfg = copy.deepcopy(first)
-            for o in changed:
+        if not all(_plain(o, first) for o in changed):
+            yield _composed(loader, config, overrides)
+            continue
+        job_cfg = copy.deepcopy(first)
+        for o in changed:
+            try:
                 OmegaConf.update(job_cfg, o.key_or_group, o.value(), merge=True)
-            yield job_cfg
-        else:
-            yield _task(loader.load_sweep_config(config, overrides))
+            except Exception as exc:
+                raise _not_applied(f"`{o.input_line}`", exc) from None
+        yield job_cfg
+
+
+def _composed(loader: Any, config: DictConfig, overrides: list[str]) -> DictConfig:
+    try:
+        return _task(loader.load_sweep_config(config, overrides))
+    except Exception as exc:  # Hydra's ConfigCompositionException; the detail is its cause
+        raise _not_applied("the overrides", exc) from None
+
+
+def _not_applied(what: str, exc: BaseException) -> Exception:
+    from experiments.config import ConfigError
+
+    lines = [str(exc).splitlines()[0]]
+    if exc.__cause__ is not None and str(exc.__cause__):
+        lines.append(str(exc.__cause__).splitlines()[0])
+    key = getattr(exc.__cause__ or exc, "full_key", None)
+    where = f" (key {key})" if key else ""
+    return ConfigError(
+        f"{what} cannot be applied: {': '.join(lines)}{where}. Accepted: a value of the type "
+        f"the config declares for that key (experiments/config.py, conf/)."
+    )
 
 
 def _plain(override: Any, cfg: DictConfig) -> bool:
@@ -186,8 +211,9 @@ def _precheck_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
         return None
     planned = []
     configs = _job_configs(loader, config, jobs)
-    for num, (overrides, job_cfg) in enumerate(zip(jobs, configs, strict=True)):
+    for num, overrides in enumerate(jobs):
         try:
+            job_cfg = next(configs)
             validate(job_cfg)
         except ConfigError as exc:
             raise ConfigError(

@@ -28,6 +28,13 @@ CASES = {
     "kernel": ("trainer.kernel=numpy", "trainer.kernel='numpy' is not accepted: one of auto, "),
     "wrong_type": ("optim.lr=fast", "optim.lr"),
     "multirun_job": ("-m optim.lr=0.01,-1", "In the multirun job with overrides"),
+    # a later job's value of the wrong type (set on a copy of the first job's config)
+    "multirun_type": (
+        "-m optim.lr=0.01,fast",
+        "`optim.lr=fast` cannot be applied: Value 'fast' of type 'str' could not "
+        "be converted to Float (key optim.lr)",
+    ),
+    "multirun_type_first": ("-m trainer.batch_size=x,10", "trainer.batch_size=x"),
 }
 
 
