@@ -25,7 +25,8 @@ tracking.*) goes to ``mtl.cfg.*`` tags.
   the replicas not diverged at that epoch; sent while it trains), TEST_ACC_MEAN (the last
   point of its curve), STATS, time_key(part); artifacts
   CONFIG, REPLICAS_CSV (per-seed finals), JOB_FIGURE.
-- replica run: params = the science and its seed; tags SEED, JOB_RUN_ID, DIVERGED; metrics
+- replica run: params = the science and its seed; tags SEED, JOB_RUN_ID, DIVERGED, BUNDLE,
+  BUNDLE_ID and REPLICA_COPIES of its job run's (not how it ran, not provenance); metrics
   CURVE_METRIC by epoch (at most tracking.history_points per curve, chosen by shape), FINAL
   (incl. final/diverged, final/diverged_epoch); artifacts CONFIG, CURVES_CSV (every point at
   full precision), WEIGHTS, REPLICA_FIGURE (before 2026-11-30: figures/loss.png and
@@ -104,6 +105,18 @@ class Tag:
     PARENT_RUN_ID = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
     GIT_SOURCE_COMMIT = "mlflow.source.git.commit"
+
+
+# The job run's tags a replica run repeats: where it belongs and what it computed (with
+# MLflow's own mlflow.* tags). How it ran (mtl.cfg.*) and the provenance (command, versions,
+# git state, CPU) are its job run's, its parent: 45 tags a replica cost a server ~30% of its
+# run creation (benchmarks/README.md).
+REPLICA_COPIES = (Tag.FORMAT, Tag.STUDY, Tag.CONFIG_HASH, Tag.SWEEP_RUN_ID, Tag.JOB_NUM)
+
+
+def replica_tags(job_tags: dict[str, str]) -> dict[str, str]:
+    """The tags of a job run that its replica runs repeat (REPLICA_COPIES and mlflow.*)."""
+    return {k: v for k, v in job_tags.items() if k in REPLICA_COPIES or k.startswith("mlflow.")}
 
 
 # Metrics. Curves are logged by epoch (step = epoch) on replica runs, their means on job runs.

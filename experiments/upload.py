@@ -26,6 +26,7 @@ from experiments.record_format import (
     Kind,
     Tag,
     replica_name,
+    replica_tags,
     split_config,
     time_key,
     where,
@@ -123,12 +124,11 @@ def _replica_runs(bundle: Bundle, tracker: Tracker) -> dict[int, Any]:
 
 
 def _new_replica_runs(
-    bundle: Bundle, tracker: Tracker, result: Any, seeds: list[int], job_run_id: str, cfg: Any
+    bundle: Bundle, tracker: Tracker, result: Any, seeds: list[int], job_run_id: str
 ) -> list[str]:
     m = bundle.manifest
     tags = {
-        **m["tags"],
-        **split_config(flatten(cfg), seed=0)[1],  # how it ran (threads, tracking.*, replicas)
+        **replica_tags(m["tags"]),  # how it ran and the provenance: on the job run, its parent
         **job_run_tags(bundle),
         Tag.KIND: Kind.REPLICA,
         Tag.JOB_RUN_ID: job_run_id,
@@ -317,7 +317,7 @@ def _upload_replicas(
     try:
         uris = {r.info.run_id: r.info.artifact_uri for r in by_seed.values()}
         if missing:
-            created = _new_replica_runs(bundle, tracker, result, missing, report.job_run_id, cfg)
+            created = _new_replica_runs(bundle, tracker, result, missing, report.job_run_id)
             todo.update(zip(missing, created, strict=True))
             uris.update({run_id: tracker.artifact_uris[run_id] for run_id in created})
             report.created = len(created)

@@ -153,7 +153,11 @@ def test_quick_run_logs_exactly_the_described_runs(tmp_path):
         )
         assert tags["mtl.config_hash"] == job.data.tags["mtl.config_hash"]
         assert set(rep.data.params) == PARAMS | {"seed"}
-        assert EXECUTION_TAGS | {"mtl.cfg.replicas"} <= set(tags)
+        # Where it belongs and who owns it; how it ran and the provenance are its job run's.
+        assert {"mtl.format", "mtl.study", "mtl.bundle", "mtl.bundle_id", "mtl.host", "mtl.pid",
+                "mtl.pid_start", "mtl.boot_id", "mlflow.runName"} <= set(tags)  # fmt: skip
+        assert not [k for k in tags if k.startswith("mtl.cfg.")]
+        assert not {"mtl.command", "mtl.versions", "mtl.cpu", "mtl.git_commit"} & set(tags)
         assert rep.data.params["model.activations"] == "[tanh,tanh,tanh]"
         assert sorted(rep.data.metrics) == REPLICA_METRICS
         assert _artifacts(client, rep.info.run_id) == ARTIFACTS

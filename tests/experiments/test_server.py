@@ -35,7 +35,8 @@ def test_multirun_against_a_tracking_server(tmp_path, server):
     client = MlflowClient(server)
     check_sweep(client, "quick", {lr: {"optim.lr": lr} for lr in ("0.01", "0.02")}, replicas=2)
     replica = runs_by_kind(client, "quick")["replica"][0]
-    assert replica.data.tags["mtl.cfg.tracking.uri"] == server
+    parent = client.get_run(replica.data.tags["mtl.job_run_id"])
+    assert parent.data.tags["mtl.cfg.tracking.uri"] == server  # how it ran: on the job run
     assert replica.data.metrics["final/test_acc"] == replica.data.metrics["curves/test_acc"]
     names = {a.path for a in client.list_artifacts(replica.info.run_id)}
     assert names == {"config.yaml", "curves.csv", "weights.pt", "figures"}
