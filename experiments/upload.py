@@ -158,11 +158,11 @@ def _fill_replicas(
     cfg: Any,
     writer: Forked,
 ) -> tuple[bool, dict[str, float]]:
-    """Metrics and params of the replica runs in `todo` (seed -> run id), then end them
-    FINISHED. `writer` (the forked process of `_artifacts`) makes and uploads their artifacts
-    meanwhile, on the other core. The curves go into the metric history at up to
-    `tracker.history_points` per curve, as `curve_points` chooses them (curves.csv has every
-    point)."""
+    """Metrics and params of the replica runs in `todo` (seed -> run id), and the job run's
+    folder; then end the replica runs FINISHED. `writer` (the forked process of `_artifacts`)
+    makes and uploads their artifacts meanwhile, on the other core. The curves go into the
+    metric history at up to `tracker.history_points` per curve, as `curve_points` chooses them
+    (curves.csv has every point)."""
     t0 = time.perf_counter()
     curves = curves_of(result)
     index = {s: r for r, s in enumerate(result.seeds)}
@@ -185,6 +185,7 @@ def _fill_replicas(
         }
     )
     t_metrics = time.perf_counter() - t0
+    job_folder(bundle, result, cfg)  # the job run's files, while the writer may still work
     t_files, t_fig = writer.result()
     t1 = time.perf_counter()
     tracker.end_runs(list(todo.values()), "FINISHED")
@@ -201,9 +202,9 @@ def _artifacts(
     bundle: Bundle, tracker: Tracker, result: Any, cfg: Any, inbox: Callable[[], Any]
 ) -> tuple[float, float]:
     """(In the forked process, started before the replica runs are created.) The replica
-    folders and the job run's folder, made once; then, with the runs to fill from `inbox()`
-    ((seed -> run id, run id -> artifact uri)), the replicas' upload (one run per thread on a
-    server, `tracker.workers` at a time)."""
+    folders, made once; then, with the runs to fill from `inbox()` ((seed -> run id, run id
+    -> artifact uri)), their upload (one run per thread on a server, `tracker.workers` at a
+    time)."""
     t_files = t_fig = 0.0
     if not bundle.replicas_dir.is_dir():
         t_files, t_fig = write_replica_folders(
@@ -214,9 +215,6 @@ def _artifacts(
             weights=bool(cfg.tracking.replica_weights),
             dpi=int(cfg.tracking.figure_dpi),
         )
-    t0 = time.perf_counter()
-    job_folder(bundle, result, cfg)  # the job run's own files, made here while the runs fill
-    t_files += time.perf_counter() - t0
     todo, uris = inbox()
     tracker.artifact_uris.update(uris)  # the forked writer must not query the store
     t0 = time.perf_counter()
