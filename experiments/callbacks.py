@@ -142,9 +142,9 @@ def _job_configs(loader: Any, config: DictConfig, jobs: list[list[str]]) -> Iter
     parse = OverridesParser.create().parse_overrides
     first = _composed(loader, config, jobs[0])
     yield first
-    base = {o.input_line: o for o in parse(jobs[0])}
+    same = {o.input_line for o in parse(jobs[0])}
     for overrides in jobs[1:]:
-        changed = [o for o in parse(overrides) if o.input_line not in base]
+        changed = [o for o in parse(overrides) if o.input_line not in same]
         if not all(_plain(o, first) for o in changed):
             yield _composed(loader, config, overrides)
             continue
