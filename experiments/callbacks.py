@@ -48,6 +48,8 @@ MAX_JOBS_TO_PRECHECK = 2000
 
 # (tracker, run_id) of the sweep run this process opened and has not ended yet.
 _active: dict[str, Any] = {}
+# The overrides of every job the precheck of this process's sweep has checked.
+_prechecked: set[tuple[str, ...]] = set()
 
 
 def sweep_run_id_for(sweep_dir: str | None) -> str | None:
@@ -118,6 +120,29 @@ def _job_overrides(config: DictConfig) -> list[list[str]] | None:
         else:
             return None
     return [list(job) for job in itertools.product(*axes.values())]
+
+
+def _skip_second_composition(planned: list[dict[str, Any]] | None) -> None:
+    """Before launching a batch, Hydra's basic sweeper composes each of its jobs once more, only
+    to see that it composes (`validate_batch_is_legal`: 8 s for the grid's 100 jobs, while no
+    job runs). The precheck has just checked the same jobs, with the configs Hydra composes
+    (tested), so that second composition is skipped for them; a job the precheck did not list
+    (another sweeper's, or overrides spelled otherwise) is still composed by Hydra."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    _prechecked.clear()
+    _prechecked.update(tuple(job["overrides"]) for job in planned or [])
+    if getattr(BasicSweeper.validate_batch_is_legal, "prechecked", None) is _prechecked:
+        return
+    hydras_check = BasicSweeper.validate_batch_is_legal
+
+    def validate_batch_is_legal(self: Any, batch: Any) -> None:
+        rest = [overrides for overrides in batch if tuple(overrides) not in _prechecked]
+        if rest:
+            hydras_check(self, rest)
+
+    validate_batch_is_legal.prechecked = _prechecked  # type: ignore[attr-defined]
+    BasicSweeper.validate_batch_is_legal = validate_batch_is_legal
 
 
 def _swept_axes(config: DictConfig) -> dict[str, str]:
@@ -381,6 +406,7 @@ class MlflowSweepCallback(Callback):
         from experiments.tracking import Tracker, check_tracking_uri, resolve_uri
 
         planned = _precheck_jobs(config)
+        _skip_second_composition(planned)
         task = _task(config)
         uri = resolve_uri(task.tracking.uri)
         check_tracking_uri(uri, task.tracking.server_timeout_s)

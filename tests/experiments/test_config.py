@@ -279,3 +279,45 @@ def test_the_precheck_configs_are_those_hydra_composes(preset, sweep, n_composed
             composed = _task(loader.load_sweep_config(cfg, overrides))
             assert flatten(job_cfg) == flatten(composed), overrides
             assert config_hash(job_cfg) == config_hash(composed)
+
+
+def test_the_precheck_lists_the_jobs_as_hydras_sweeper_does():
+    """The sweeper skips composing again the jobs the precheck listed: they must be the same
+    lists of overrides, spelled the same, or the skip would silently never apply."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=grid"], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.overrides.task = ["experiment=grid", "tracking.uri=sqlite:////tmp/a b.db"]
+        args = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+        parsed = OverridesParser.create().parse_overrides(args + list(cfg.hydra.overrides.task))
+        (hydras,) = BasicSweeper.split_arguments(parsed, None)
+        assert _job_overrides(cfg) == hydras and len(hydras) == 100
+
+
+def test_hydra_composes_again_only_the_jobs_the_precheck_did_not_check():
+    from types import SimpleNamespace
+
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    from experiments.callbacks import _skip_second_composition
+
+    composed = []
+
+    def load_sweep_config(master_config, sweep_overrides):
+        composed.append(sweep_overrides)
+
+    sweeper = BasicSweeper(max_batch_size=None)
+    sweeper.hydra_context = SimpleNamespace(config_loader=SimpleNamespace(
+        load_sweep_config=load_sweep_config))  # fmt: skip
+    sweeper.config = OmegaConf.create()
+    batch = [["a=1", "b=2"], ["a=1", "b=3"], ["a=2", "b=2"]]
+    _skip_second_composition([{"overrides": ["a=1", "b=2"]}, {"overrides": ["a=1", "b=3"]}])
+    sweeper.validate_batch_is_legal(batch)
+    assert composed == [["a=2", "b=2"]]
+    _skip_second_composition(None)  # a sweep the precheck could not list: Hydra checks all
+    composed.clear()
+    sweeper.validate_batch_is_legal(batch)
+    assert composed == batch
