@@ -247,3 +247,26 @@ def test_failing_job_fails_its_sweep_and_leaves_nothing_running(tmp_path):
     assert by_lr["0.02"].data.tags["mtl.error"] == "RuntimeError: injected failure"
     assert all(r.info.status == "FINISHED" for r in kinds["replica"]) and len(kinds["replica"]) == 6
     assert sweep.data.metrics[N_JOBS] == 3 and sweep.data.metrics[JOBS_FINISHED] == 2
+
+
+def test_a_worker_updates_the_sweeps_progress_at_most_every_10_s(monkeypatch):
+    """Each summary reads every job run of the sweep: a worker running many short jobs updates
+    it at most every PROGRESS_EVERY_S (or 10x the summary's own time), per sweep."""
+    from experiments import callbacks
+
+    clock, updates = [1000.0], []
+
+    def summary(tracker, run_id, artifacts=True):
+        updates.append(run_id)
+        clock[0] += 0.1 if run_id == "fast" else 3.0  # the time the summary itself takes
+
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(callbacks, "_log_summary", summary)
+    monkeypatch.setattr(callbacks, "_progress_due", {})
+    for run_id, pause in [("fast", 0), ("fast", 5), ("slow", 0), ("fast", 4.8), ("fast", 0.5),
+                          ("slow", 15), ("slow", 16)]:  # fmt: skip
+        clock[0] += pause
+        callbacks.sweep_progress(None, run_id)
+    # fast: updated at 1000 (due 1010), skipped at 1005.1, updated at 1012.9, skipped at 1013.5;
+    # slow: updated at 1005.1 (due 30 s later: 10 x its 3 s), skipped at 1028.5, updated 1044.5
+    assert updates == ["fast", "slow", "fast", "slow"]
