@@ -201,6 +201,7 @@ def _train_and_record(job: Job) -> tuple[Any, float, Any]:
     opened ends FAILED or KILLED before the exception goes on."""
     from experiments.upload import upload
 
+    _freeze_loaded_objects()
     bundle = None
     try:
         bundle = _start(job)  # inside: a stop while the job run is being created ends it too
@@ -215,6 +216,19 @@ def _train_and_record(job: Job) -> tuple[Any, float, Any]:
         _explain_failure(exc, bundle)
         raise
     return result, score, report
+
+
+def _freeze_loaded_objects() -> None:
+    """Once per process, with torch, MLflow, matplotlib and the store loaded: everything alive
+    (~500k objects, nearly all of them modules' and classes') leaves the garbage collector's
+    sight (gc.freeze). A full collection then walks only what jobs allocate, ~7 ms instead of
+    ~250 ms; joblib's workers force one after every job (loky, without psutil) and logging
+    triggers others. Forked children (the artifact writer, training workers) also copy fewer
+    pages. What is frozen is never collected: one job's settings and store, once."""
+    import gc
+
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
 
 
 def _close_job(job: Job, result: Any, score: float, t_logging: float) -> None:
