@@ -392,12 +392,12 @@ def _train_epoch(shard: _Shard, epoch: int, batch_size: int) -> None:
     # Each replica's rows in its own shuffled order, batch_size at a time (the last batch may be
     # smaller); the native kernel reads them through perm, without a copy.
     shard.fused.epoch(x, targets, batch_size, order=perm)
-    # A non-finite loss makes the gradients, hence the parameters, non-finite at once; one check
-    # per epoch on per-replica parameter sums (which propagate inf/nan) finds it. (A sum can also
-    # overflow for weights near 1e37: such a replica is diverging anyway.)
-    params = [p for p, _ in shard.model.params()]
-    bad = ~torch.isfinite(torch.stack([p.flatten(1).sum(1) for p in params]).sum(0))
+    # A non-finite loss makes the gradients, hence the parameters, non-finite at once; one scan
+    # per epoch of every replica's parameters for inf/NaN finds it (in C with the native kernel:
+    # the torch expression it replaces cost ~5% of a grid job's training).
+    bad = shard.fused.nonfinite()
     if bool(bad.any()):
+        params = [p for p, _ in shard.model.params()]
         new = bad & ~shard.diverged
         if bool(new.any()):
             shard.diverged |= new

@@ -168,6 +168,8 @@ def _load(
     lib.mt_forward.restype = ctypes.c_int
     lib.mt_forward.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ptrs, ptrs,
                                ctypes.c_void_p, ctypes.c_int]  # fmt: skip
+    lib.mt_nonfinite.restype = None
+    lib.mt_nonfinite.argtypes = [ctypes.c_long, ptrs, ptrs, ctypes.c_void_p]
     if lib.mt_layers() != len(sizes) - 1:
         raise NativeUnavailable(f"the native kernel {target} was built for another model.")
     return lib

@@ -82,6 +82,12 @@ class NativeKernel:
         _check_rc(rc)
         return out
 
+    def nonfinite(self) -> Tensor:
+        """[R] bool: which replicas have an inf or NaN weight or bias (one pass in C)."""
+        bad = torch.empty(self.parts.replicas or 1, dtype=torch.uint8)
+        self.lib.mt_nonfinite(bad.shape[0], self._W, self._b, bad.data_ptr())
+        return bad.bool()
+
     def step(self, x: Tensor, y: Tensor, loss_sum: Tensor | None) -> None:
         """One batch: an epoch whose batch is all of x's rows."""
         self.epoch(x, y, x.shape[1], loss_sum, None)

@@ -155,6 +155,15 @@ class FusedMLPStep:
         out = self._kernel.forward(x.unsqueeze(0) if self.replicas is None else x)
         return out[0] if self.replicas is None else out
 
+    def nonfinite(self) -> Tensor:
+        """[R] bool ([1] without replicas): which replicas have an inf or NaN weight or bias,
+        e.g. after a diverging step. The native kernel scans them in one call."""
+        if isinstance(self._kernel, NativeKernel):
+            return self._kernel.nonfinite()
+        rows = [t.reshape(self.replicas or 1, -1) for t in (*self.parts.weights,
+                                                            *self.parts.biases)]  # fmt: skip
+        return ~torch.isfinite(torch.cat(rows, dim=1)).all(dim=1)
+
     def step(self, x: Tensor, y: Tensor, loss_sum: Tensor | None = None) -> None:
         """Forward, loss, backward and the SGD update for one batch."""
         if self.replicas is None:

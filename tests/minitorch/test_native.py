@@ -105,3 +105,21 @@ def test_forced_avx2_and_generic_builds(tmp_path, monkeypatch):
             native.load(sizes, acts, loss, tanh_grad)
     finally:
         native.load.cache_clear()
+
+
+@pytest.mark.parametrize("kernel", ["native", "torch"])
+def test_nonfinite_names_the_replicas_with_an_inf_or_nan_parameter(kernel):
+    """What training freezes as diverged: any inf or NaN among a replica's weights and biases,
+    in any layer; huge finite values (3e38) are not."""
+    model, loss_fn, opt = wide_model(11)
+    fused = mt.FusedMLPStep(model, loss_fn, opt, kernel=kernel)
+    assert fused.nonfinite().tolist() == [False] * 11
+    params = [p for p, _ in model.params()]  # W0, b0, W1, b1, ...
+    with torch.no_grad():
+        params[0][1, 3, 2] = float("nan")  # first layer's weights
+        params[3][4, 16] = float("inf")  # second layer's bias (its last value)
+        params[6][10, 2, 16] = -float("inf")  # last layer's weights, last replica, last value
+        params[7][7, 0] = 3e38  # large but finite
+        params[5][9, 0] = -3e38
+    expect = [r in (1, 4, 10) for r in range(11)]
+    assert fused.nonfinite().tolist() == expect

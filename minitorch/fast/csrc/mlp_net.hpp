@@ -5,6 +5,7 @@
 // time of each of its phases in mt::prof (csrc/profile.cpp prints them).
 #pragma once
 
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -642,6 +643,25 @@ int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
     return train_units(g0, g1, s0, s1, R, N, M, batch, x, y, order, W, b, gW, gb, lr,
                        loss_out);
   });
+}
+
+// bad[r] = 1 if a weight or bias of replica r is inf or NaN, else 0 (by the exponent bits: the
+// same under any floating-point flags). W, b: one [R, out, in] / [R, out] tensor per layer.
+void mt_nonfinite(long R, float* const* W, float* const* b, unsigned char* bad) {
+  for (long r = 0; r < R; ++r) {
+    unsigned int all = 0;  // OR of (bits & exponent mask) == exponent mask, over the values
+    for (int l = 0; l < NL; ++l) {
+      const long n = long(SIZES[l]) * SIZES[l + 1], m = SIZES[l + 1];
+      const float* w = W[l] + r * n;
+      const float* c = b[l] + r * m;
+      for (long k = 0; k < n + m; ++k) {
+        unsigned int bits;
+        std::memcpy(&bits, k < n ? w + k : c + (k - n), sizeof bits);
+        all |= (bits & 0x7f800000u) == 0x7f800000u;
+      }
+    }
+    bad[r] = (unsigned char)all;
+  }
 }
 
 // out[R][N][out] = the model's output for x[R][N][in] (see forward_t), on `threads` threads.
