@@ -28,14 +28,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from study import SIZES, sgemm_gflops
+from step import epoch_flop
+from study import sgemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def replica_epoch_flop(n_train: int) -> float:
-    """Forward, weight and input gradients: 3 products of 2 flop per multiply-add."""
-    return 2 * 3 * sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:], strict=False)) * n_train
 
 
 def run_grid(store: Path, extra: list[str]) -> tuple[float, float]:
@@ -102,8 +98,8 @@ def main() -> None:
         jobs, sweep_start = job_runs(Path(tmp))
         parts = breakdown(jobs, sweep_start)
         flop = sum(
-            replica_epoch_flop(int(r.data.params["data.n_train"]))
-            * int(r.data.params["trainer.epochs"]) * int(r.data.params["replicas"])
+            epoch_flop(int(r.data.params["replicas"]), int(r.data.params["data.n_train"]))
+            * int(r.data.params["trainer.epochs"])
             for r in jobs
         )  # fmt: skip
     rate = flop / wall / 1e9

@@ -649,16 +649,18 @@ int mt_train(long R, long N, long M, int batch, const float* x, const float* y,
 // same under any floating-point flags). W, b: one [R, out, in] / [R, out] tensor per layer.
 void mt_nonfinite(long R, float* const* W, float* const* b, unsigned char* bad) {
   for (long r = 0; r < R; ++r) {
-    unsigned int all = 0;  // OR of (bits & exponent mask) == exponent mask, over the values
-    for (int l = 0; l < NL; ++l) {
-      const long n = long(SIZES[l]) * SIZES[l + 1], m = SIZES[l + 1];
-      const float* w = W[l] + r * n;
-      const float* c = b[l] + r * m;
-      for (long k = 0; k < n + m; ++k) {
+    unsigned int all = 0;  // 1 once a value has every exponent bit set: inf or NaN
+    auto scan = [&all](const float* v, long n) {
+      for (long k = 0; k < n; ++k) {
         unsigned int bits;
-        std::memcpy(&bits, k < n ? w + k : c + (k - n), sizeof bits);
+        std::memcpy(&bits, v + k, sizeof bits);
         all |= (bits & 0x7f800000u) == 0x7f800000u;
       }
+    };
+    for (int l = 0; l < NL; ++l) {
+      const long out = SIZES[l + 1], n = out * SIZES[l];
+      scan(W[l] + r * n, n);
+      scan(b[l] + r * out, out);
     }
     bad[r] = (unsigned char)all;
   }
