@@ -1,16 +1,18 @@
 """The `grid` preset end to end, against the practical peak measured beside it.
 
-Runs `python -m experiments.train -m experiment=grid hydra/launcher=joblib` (100 jobs x 10 seeds
-x 2000 epochs, 2 one-thread jobs at a time) into a temporary sqlite store, with torch's sgemm
+Runs `python -m experiments.train -m experiment=grid` (100 jobs x 10 seeds x 2000 epochs, its
+launcher lr_groups: 2 one-thread workers, the 5 learning rates of a configuration trained
+together) into a temporary sqlite store, with torch's sgemm
 (2048^3, `--threads` threads) measured for `--sgemm-s` seconds right before and right after it:
 on this VM the peak itself drifts by up to 1.5x within minutes, so the fraction is given
-against both. Then where the wall time went, from the store's job runs: the start-up before
-the first job, and per job (median) training, logging and the time between one job run's end
-and the next one's start in the same worker (Hydra's joblib launcher, the job's own start).
+against both. Then where a worker's wall time went, from the store's job runs: before its first
+job run, its jobs' start, training and logging, the time between one job run's end and the
+next one's start (Hydra composing and starting the job), and its idle end.
 
-`--extra` adds overrides, e.g. `--extra trainer.epochs=200` for a quick look, or
-`--extra optim.lr=0.01 replicas=50` for the same FLOP as 20 jobs of 50 replicas (what training
-the 5 learning rates of each configuration together would cost, without its bookkeeping).
+`--extra` adds overrides, e.g. `--extra trainer.epochs=200` for a quick look,
+`--extra hydra/launcher=joblib` for every job trained alone, or `--extra optim.lr=0.01
+replicas=50` for the same FLOP as 20 jobs of 50 replicas (the groups' training without the
+other 80 jobs' bookkeeping).
 
 Run: python benchmarks/grid.py [--extra KEY=VALUE ...] [--threads 2] [--sgemm-s 10]
 """
@@ -18,7 +20,6 @@ Run: python benchmarks/grid.py [--extra KEY=VALUE ...] [--threads 2] [--sgemm-s 
 from __future__ import annotations
 
 import argparse
-import bisect
 import resource
 import statistics
 import subprocess
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_grid(store: Path, extra: list[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the process tree)."""
     cmd = [sys.executable, "-m", "experiments.train", "-m", "experiment=grid",
-           "hydra/launcher=joblib", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+           f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
            f"hydra.sweep.dir={store / 'sweep'}", "trainer.progress=false", *extra]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -63,25 +64,29 @@ def job_runs(store: Path) -> tuple[list, float]:
 
 
 def breakdown(jobs: list, sweep_start: float) -> dict[str, float]:
-    """Medians per job of training, logging and the gap between jobs in one worker; start-up."""
+    """Where a worker's time went (seconds, the mean over workers of each one's sum): before its
+    first job run, in its jobs' parts (from their time/ metrics), between its job runs, and after
+    its last one until the sweep run ended."""
     by_pid = defaultdict(list)
     for r in jobs:
-        by_pid[r.data.tags.get("mtl.pid")].append((r.info.start_time / 1e3, r.info.end_time / 1e3))
-    gaps = []
-    for spans in by_pid.values():
-        spans.sort()
-        ends = [e for _, e in spans]
-        for s, _ in spans[1:]:
-            gaps.append(s - ends[bisect.bisect_left(ends, s) - 1])
-    metric = lambda key: statistics.median(r.data.metrics[key] for r in jobs)  # noqa: E731
+        by_pid[r.data.tags.get("mtl.pid")].append(r)
+    n = len(by_pid)
+    total = lambda key: sum(r.data.metrics.get(key, 0.0) for r in jobs) / n  # noqa: E731
+    first, gaps, last = [], [], []
+    for runs in by_pid.values():
+        spans = sorted((r.info.start_time / 1e3, r.info.end_time / 1e3) for r in runs)
+        first.append(spans[0][0] - sweep_start)
+        gaps.append(sum(b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)))
+        last.append(spans[-1][1])
     return {
-        "to the first job run": min(r.info.start_time for r in jobs) / 1e3 - sweep_start,
-        "training (time/train_s)": metric("time/train_s"),
-        "training wall (+ eval, shuffles)": metric("time/training_wall_s"),
-        "logging (time/logging_s)": metric("time/logging_s"),
-        "job start (time/startup_s)": metric("time/startup_s"),
-        "between jobs in a worker": statistics.median(gaps) if gaps else float("nan"),
-        "workers": len(by_pid),
+        "before the first job run": statistics.mean(first),
+        "job start (time/startup_s)": total("time/startup_s"),
+        "training (time/train_s)": total("time/train_s"),
+        "training wall (time/training_wall_s)": total("time/training_wall_s"),
+        "logging (time/logging_s)": total("time/logging_s"),
+        "between job runs": statistics.mean(gaps),
+        "after the last job run, to the end": statistics.mean(max(last) - t for t in last),
+        "workers": n,
     }
 
 
@@ -109,7 +114,7 @@ def main() -> None:
         print(
             f"  sgemm {args.threads} threads {name}: {peak:.1f} GFLOP/s -> {rate / peak:.0%} of it"
         )
-    print("  where the time went (medians per job):")
+    print("  where a worker's time went (seconds; mean over workers of their sums):")
     for name, value in parts.items():
         print(f"    {name:<34}{value:8.3f}")
 

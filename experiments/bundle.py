@@ -11,8 +11,9 @@ Format version 1, in ``<job output dir>/bundle/`` (``bundle-1/``, ... for later 
     result.npz      seeds [R], eval_epochs [E], train_loss/test_loss/train_acc/test_acc [R, E]
                     (float64), diverged [R] (bool), diverged_epoch [R] (int64)
     weights.pt      final weights {"0.weight": [R, out, in], ...} (torch.save)
-    job.json        timings {name: seconds}, the job's score (mean final test accuracy) and
-                    the kernel that trained it (native or torch; absent in older bundles)
+    job.json        timings {name: seconds}, the job's score (mean final test accuracy),
+                    the kernel that trained it (native or torch; absent in older bundles) and,
+                    if it trained together with other jobs, which (trained_with)
     replicas/       one folder per seed with that replica run's artifacts (config.yaml,
                     curves.csv, weights.pt, figures/); derived from the files above, so a
                     missing or partial folder is made again from them
@@ -148,6 +149,8 @@ class Bundle:
         torch.save({k: v.contiguous() for k, v in result.state.items()}, buf)
         write_atomic(self.path / "weights.pt", buf.getvalue())
         job = {"timings": timings, "score": score, "kernel": result.kernel}
+        if result.trained_with:
+            job["trained_with"] = result.trained_with
         write_atomic(self.path / "job.json", json.dumps(job, indent=1).encode())
         self.update(state="trained")
 
@@ -173,6 +176,7 @@ class Bundle:
             state=state,
             timings=dict(job.get("timings", {})),
             kernel=str(job.get("kernel", "")),
+            trained_with=str(job.get("trained_with", "")),
             **{k: torch.from_numpy(data[k]) for k in CURVES},
         )
         return result, job

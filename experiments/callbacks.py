@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -83,9 +84,27 @@ def end_active_sweep(status: str, error: str | None = None) -> None:
             tracker.call(tracker.client.set_tag, run_id, Tag.ERROR, error[:5000])
         _log_summary(tracker, run_id)
         tracker.end_run(run_id, status)
+        _reap_stopped_jobs(tracker, run_id)
     except Exception as exc:
         log.error("could not end sweep run %s: %s", run_id, exc)
     os.environ.pop(SWEEP_ENV, None)
+
+
+def _reap_stopped_jobs(tracker: Any, sweep_run_id: str, wait_s: float = 5.0) -> None:
+    """End KILLED the runs of the sweep's jobs that stopped with it without ending them: joblib
+    kills its workers (SIGKILL) when the sweep is stopped. Waits up to `wait_s` for such runs
+    of this host to have lost their process (the reaper's test); jobs in this process, or on
+    other hosts, are not waited for."""
+    from experiments.reaper import reap
+
+    here = where(**{Tag.SWEEP_RUN_ID: sweep_run_id, Tag.HOST: socket.gethostname()},
+                 status="RUNNING")  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    while True:
+        reap(tracker, say=log.info)
+        if not tracker.find_runs(here) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def _at_exit() -> None:

@@ -182,8 +182,11 @@ def _open_job(cfg: DictConfig, spec: TrainSpec, ctx: JobContext, t_start: float)
     check_tracking_uri(uri, cfg.tracking.server_timeout_s)
     tracker = Tracker(uri, cfg.tracking.experiment, cfg.tracking.retry_s)
     reap(tracker, say=log.info)
-    seeds = [cfg.seed + r for r in range(cfg.replicas)]
-    return Job(cfg, spec, ctx, tracker, seeds, config_hash(cfg), t_start)
+    return Job(cfg, spec, ctx, tracker, _seeds(cfg), config_hash(cfg), t_start)
+
+
+def _seeds(cfg: DictConfig) -> list[int]:
+    return [cfg.seed + r for r in range(cfg.replicas)]
 
 
 def _already_done(job: Job, run_id: str, score: float) -> float:
@@ -334,16 +337,25 @@ def _start(job: Job) -> Any:
 
 def _train(job: Job, bundle: Any) -> Any:
     """Train the replicas (resuming from a checkpoint of an earlier attempt if there is one),
-    sending the mean curves to the job run as they grow."""
+    sending the mean curves to the job run as they grow. In a group of jobs that differ only in
+    the learning rate (hydra/launcher=lr_groups), the first job to train trains the others'
+    replicas with its own, and they take their results from disk (experiments/lr_groups.py)."""
     from experiments.live import LiveSender
     from experiments.training import LiveCurves, eval_epochs_for, train_replicas
     from experiments.upload import sizes_of
 
+    trained = _trained_by_partner(job)
+    if trained is not None:
+        return trained
+    partners = _group_partners(job)
+    seeds, spec = _batch_of(job, partners)
     label = f"job #{job.ctx.job_num}" if job.ctx.job_num is not None else job.ctx.study
+    label += f" (+ jobs {', '.join(f'#{p.ctx.job_num}' for p in partners)})" if partners else ""
     bar = Progress(job.spec.epochs, label, job.cfg.trainer.progress)
     epochs = eval_epochs_for(job.spec.epochs, job.spec.eval_every).tolist()
-    live = LiveCurves.create(len(job.seeds), len(epochs))
-    sender = LiveSender(job.tracker.client, bundle.manifest["job_run_id"], live, epochs,
+    live = LiveCurves.create(len(seeds), len(epochs))
+    own = LiveCurves(live.metrics[:, : len(job.seeds)], live.done[: len(job.seeds)])
+    sender = LiveSender(job.tracker.client, bundle.manifest["job_run_id"], own, epochs,
                         sizes_of(job.cfg), job.cfg.tracking.live_every_s)  # fmt: skip
 
     def progress(epoch: int) -> None:
@@ -352,13 +364,83 @@ def _train(job: Job, bundle: Any) -> Any:
 
     try:
         result = train_replicas(
-            job.seeds, spec=job.spec, progress=progress, checkpoint=_checkpointing(job), live=live
+            seeds, spec=spec, progress=progress, checkpoint=_checkpointing(job), live=live
         )
     finally:
         sender.stop()
         bar.close()
+    if partners:
+        result = _hand_over(job, partners, result, bundle.manifest["job_run_id"])
     result.timings["live"] = sender.seconds
     return result
+
+
+def _trained_by_partner(job: Job) -> Any:
+    """The job's results, if the leader of its lr group trained them (else None)."""
+    from experiments.training import fingerprint, load_trained
+
+    result = load_trained(job.checkpoint_folder, fingerprint(job.seeds, job.spec))
+    if result is not None:
+        log.info("trained already, together with other jobs: %s", result.trained_with)
+    return result
+
+
+def _group_partners(job: Job) -> list[Job]:
+    """The other jobs of this job's lr group to train with it (none outside hydra/launcher=
+    lr_groups): those whose settings differ from its own only in the learning rate, that are
+    not FINISHED in the store and that have no checkpoint or trained results of their own."""
+    from dataclasses import replace
+
+    from experiments import lr_groups
+
+    partners = []
+    for member in lr_groups.members():
+        if member.num == job.ctx.job_num:
+            continue
+        spec = validate(member.cfg)
+        if replace(spec, lr=job.spec.lr) != job.spec:
+            continue
+        other = Job(member.cfg, spec, replace(job.ctx, job_num=member.num), job.tracker,
+                    _seeds(member.cfg), config_hash(member.cfg), job.t_start)  # fmt: skip
+        if any(other.checkpoint_folder.glob("*")):
+            continue
+        if not member.cfg.tracking.rerun and _finished_before(other) is not None:
+            continue
+        partners.append(other)
+    return partners
+
+
+def _batch_of(job: Job, partners: list[Job]) -> tuple[list[int], TrainSpec]:
+    """The seeds and spec of one training of the job's replicas and its partners' (in order),
+    each replica with its own job's learning rate."""
+    if not partners:
+        return job.seeds, job.spec
+    from dataclasses import replace
+
+    jobs = [job, *partners]
+    rates = tuple(float(j.spec.lr) for j in jobs for _ in j.seeds)
+    return [s for j in jobs for s in j.seeds], replace(job.spec, lr=rates)
+
+
+def _hand_over(job: Job, partners: list[Job], result: Any, run_id: str) -> Any:
+    """Each partner's replicas into its checkpoint folder (a failed write only costs it its own
+    training later); returns this job's. Timings are split by replica."""
+    from experiments.training import fingerprint, save_trained
+
+    names = ", ".join(f"#{j.ctx.job_num}" for j in (job, *partners))
+    result.trained_with = (
+        f"jobs {names} in one batch of {len(result.seeds)} replicas, by job run {run_id}"
+    )
+    first = len(job.seeds)
+    for p in partners:
+        try:
+            save_trained(p.checkpoint_folder, result.take(first, len(p.seeds)),
+                         fingerprint(p.seeds, p.spec))  # fmt: skip
+        except OSError as exc:
+            log.warning("job #%s: cannot keep its trained results (%s); it will train them "
+                        "itself.", p.ctx.job_num, exc)  # fmt: skip
+        first += len(p.seeds)
+    return result.take(0, len(job.seeds))
 
 
 def _checkpointing(job: Job) -> Any:

@@ -35,12 +35,14 @@ def _boot_id() -> str:
 
 
 def _pid_start(pid: int) -> str:
-    """The pid's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), or ""."""
+    """The pid's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), or ""
+    if there is no such process or it has ended (a zombie, not yet waited for)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] == "Z" else fields[19]
 
 
 def process_tags(pid: int | None = None) -> dict[str, str]:

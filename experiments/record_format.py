@@ -72,6 +72,9 @@ class Tag:
     BULK_INSERT = "mtl.bulk_insert"
     LAUNCHER = "mtl.launcher"
     KERNEL = "mtl.kernel"  # the kernel that trained a job: native, or torch (the fallback)
+    # A job trained in one batch with the other learning rates of its configuration
+    # (hydra/launcher=lr_groups): which jobs and which job run trained them. Absent: alone.
+    TRAINED_WITH = "mtl.trained_with"
     PYTHON = "mtl.python"  # implementation, version and interpreter path
     VERSIONS = "mtl.versions"  # torch=... numpy=... mlflow=... (experiments/provenance.py)
     CPU = "mtl.cpu"  # model name, cores, system

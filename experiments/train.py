@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
+from hydra_plugins.minitorch_lab.lr_groups_launcher import LrGroupsLauncher
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import callbacks, signals
@@ -34,6 +36,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # pickle it by reference, which a function of this file, run as __main__, would not allow.
 # (Its job name stays "train": hydra.job.name in conf/config.yaml.)
 hydra_app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(run)
+# hydra/launcher=lr_groups (experiments/lr_groups.py). Hydra finds plugins by scanning the
+# hydra_plugins folders on sys.path, which misses an editable install's: register it here.
+Plugins.instance().register(LrGroupsLauncher)
 
 
 def main() -> None:

@@ -40,6 +40,10 @@ CHECKPOINT_FORMAT = 1  # bump when the checkpoint's content changes: older ones 
 FINGERPRINT_FIELDS = ("hidden", "activations", "init", "loss", "batch_size", "epochs",
                       "eval_every", "n_train", "n_test", "encoding", "tanh_grad")  # fmt: skip
 _TMP_SUFFIX = ".tmp"
+TRAINED_FILE = "trained.pt"  # a job's results, trained by another job (save_trained)
+
+
+_CURVE_FIELDS = ("train_loss", "test_loss", "train_acc", "test_acc")
 
 
 @dataclass
@@ -60,6 +64,26 @@ class TrainResult:
     # The kernel that trained: "native", or "torch" (minitorch's fallback, ~17x slower) if any
     # shard used it; "" where not recorded (bundles written before it was).
     kernel: str = ""
+    # Trained in one batch with other jobs' replicas (experiments/lr_groups.py): which, and
+    # where; "" when trained alone.
+    trained_with: str = ""
+
+    def take(self, first: int, n: int, share: float | None = None) -> TrainResult:
+        """Replicas first .. first+n-1 (copies); their timings are `share` of these (default
+        n/R: a batch's time split by replica)."""
+        share = n / len(self.seeds) if share is None else share
+        rows = slice(first, first + n)
+        part = lambda t: t[rows].clone()  # noqa: E731
+        return TrainResult(
+            seeds=self.seeds[rows],
+            eval_epochs=self.eval_epochs.clone(),
+            **{k: part(getattr(self, k)) for k in (*_CURVE_FIELDS, "diverged", "diverged_epoch")},
+            state={k: part(v) for k, v in self.state.items()},
+            timings={k: v * share for k, v in self.timings.items()},
+            resumed_from=None if self.resumed_from is None else part(self.resumed_from),
+            kernel=self.kernel,
+            trained_with=self.trained_with,
+        )
 
     @staticmethod
     def concat(parts: Sequence[TrainResult]) -> TrainResult:
@@ -464,6 +488,39 @@ def _fingerprint(seeds: list[int], rates: Tensor, s: TrainSpec) -> dict[str, Any
     return {"format": CHECKPOINT_FORMAT, "seeds": list(seeds), "lr": rates.tolist(), **settings}
 
 
+def fingerprint(seeds: Sequence[int], spec: TrainSpec) -> dict[str, Any]:
+    """What training these seeds as `spec` says depends on (checkpoints and trained results
+    are used only under the same one)."""
+    seeds = [int(s) for s in seeds]
+    return _fingerprint(seeds, _per_replica_lr(spec.lr, len(seeds)), spec)
+
+
+def save_trained(folder: Path, result: TrainResult, fingerprint: dict[str, Any]) -> None:
+    """A job's results trained by another job (experiments/lr_groups.py), into the job's
+    checkpoint folder (atomically) until it records them; `clear_checkpoints` removes them."""
+    buf = io.BytesIO()
+    torch.save({"fingerprint": fingerprint, "result": vars(result)}, buf)
+    _write_atomic(Path(folder) / TRAINED_FILE, buf.getbuffer())
+
+
+def load_trained(folder: Path, fingerprint: dict[str, Any]) -> TrainResult | None:
+    """The results `save_trained` left in `folder` for these settings, else None (none there,
+    unreadable, or saved under other settings: then the job trains, as without them)."""
+    path = Path(folder) / TRAINED_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+        result = TrainResult(**saved["result"])
+    except Exception as exc:  # whatever cannot be read is trained again
+        log.warning("trained results %s cannot be read (%s); training instead.", path, exc)
+        return None
+    if saved["fingerprint"] != fingerprint:
+        log.warning("trained results %s are of other settings; training instead.", path)
+        return None
+    return result
+
+
 def _checkpoint_name(seeds: list[int]) -> str:
     return f"shard-{seeds[0]}-{len(seeds)}.pt"
 
@@ -604,13 +661,16 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
 
 
 def clear_checkpoints(folder: Path | str) -> int:
-    """Remove the shard checkpoints (and leftover temporary files) in `folder`, and the folder
+    """Remove the shard checkpoints, trained results (save_trained) and leftover temporary
+    files in `folder`, and the folder
     if that leaves it empty; returns how many files were removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
-    for f in [*folder.glob("shard-*.pt"), *folder.glob(f".shard-*.pt.*{_TMP_SUFFIX}")]:
+    patterns = ("shard-*.pt", f".shard-*.pt.*{_TMP_SUFFIX}", TRAINED_FILE,
+                f".{TRAINED_FILE}.*{_TMP_SUFFIX}")  # fmt: skip
+    for f in [path for pattern in patterns for path in folder.glob(pattern)]:
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
             removed += 1

@@ -288,6 +288,8 @@ def _finish_job(
         tags[Tag.BULK_INSERT] = str(report.bulk)
     if job.get("kernel"):
         tags[Tag.KERNEL] = job["kernel"]
+    if job.get("trained_with"):
+        tags[Tag.TRAINED_WITH] = job["trained_with"]
     tracker.log_batch(run_id, metrics, params, tags)
     tracker.call(tracker.client.log_artifact, run_id, str(bundle.path / "config.yaml"))
     tracker.call(tracker.client.log_artifacts, run_id, str(job_folder(bundle, result, cfg)))
