@@ -1,0 +1,77 @@
+"""A process draws every job's figures on the same Figure objects (experiments/plots.py): what
+it draws must not depend on what it drew before, pixel for pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import plots
+
+R, E = 10, 41
+
+
+def _curves(seed: int, diverged: bool = False) -> dict[str, np.ndarray]:
+    """A job's curves (10 replicas, 41 points), at another scale for each seed; with
+    `diverged`, replica 3 is NaN from point 20 on."""
+    rng = np.random.default_rng(seed)
+    epochs = np.arange(E) * 50
+    decay = rng.uniform(0.2, 2.0) * np.exp(-epochs / rng.uniform(200, 900))
+    curves = {
+        "epoch": epochs,
+        "train_loss": decay * rng.uniform(0.5, 1, (R, 1)) + rng.uniform(0, 0.01, (R, E)),
+        "test_loss": decay * rng.uniform(0.5, 1, (R, 1)) + rng.uniform(0, 0.01, (R, E)),
+        "train_acc": rng.uniform(0.5, 0.9) + 0.1 * rng.uniform(0, 1, (R, E)),
+        "test_acc": rng.uniform(0.4, 0.9) + 0.1 * rng.uniform(0, 1, (R, E)),
+    }
+    if diverged:
+        for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
+            curves[key][3, 20:] = np.nan
+    return curves
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture
+def fresh():
+    """Drawing starts from new figures, as in a new process."""
+    plots._reused.clear()
+    yield
+    plots._reused.clear()
+
+
+def test_a_job_figure_is_the_same_whatever_was_drawn_before(tmp_path, fresh):
+    jobs = [(_curves(1), "job 1"), (_curves(2, diverged=True), "job 2, longer title"),
+            (_curves(3), "job 3")]  # fmt: skip
+    first = {}
+    for i, (curves, title) in enumerate(jobs):
+        plots._reused.clear()
+        plots.job_figure(tmp_path / f"fresh{i}.png", curves, title, "MSE")
+        first[i] = _pixels(tmp_path / f"fresh{i}.png")
+    for i, (curves, title) in [*enumerate(jobs), *reversed(list(enumerate(jobs)))]:
+        plots.job_figure(tmp_path / "again.png", curves, title, "MSE")
+        assert np.array_equal(_pixels(tmp_path / "again.png"), first[i]), i
+    assert not np.array_equal(first[0], first[1])
+
+
+def test_replica_figures_are_the_same_whatever_was_drawn_before(tmp_path, fresh):
+    keep = np.ones(R, dtype=bool)
+    diverged = keep.copy()
+    diverged[3] = False
+    jobs = [(_curves(1), keep), (_curves(2, diverged=True), diverged), (_curves(3), keep)]
+    first = {}
+    for i, (curves, k) in enumerate(jobs):
+        plots._reused.clear()
+        plots.ReplicaFigures(curves, k).save(tmp_path / f"fresh{i}.png", curves, 3, f"seed {i}")
+        first[i] = _pixels(tmp_path / f"fresh{i}.png")
+    for i, (curves, k) in [*enumerate(jobs), *reversed(list(enumerate(jobs)))]:
+        figures = plots.ReplicaFigures(curves, k)
+        figures.save(tmp_path / "other.png", curves, 5, "seed 5")
+        figures.save(tmp_path / "again.png", curves, 3, f"seed {i}")
+        assert np.array_equal(_pixels(tmp_path / "again.png"), first[i]), i
+        loss = np.stack([curves["train_loss"][k], curves["test_loss"][k]])
+        assert figures.fig.axes[0].get_ylim() == pytest.approx(plots._limits(loss, log=True))
+    assert len(plots._reused) == 1  # one figure, drawn again for each job
