@@ -8,7 +8,10 @@ A full `savefig` per replica cost ~55 ms (mostly text layout); this costs a few 
 A process draws every job's figures on the same two Figure objects (`_reused`), changing only
 their data, limits and texts: building a figure's axes and ticks anew cost more than drawing
 it (job figure ~140 -> ~80 ms, the replicas' background ~100 -> ~50 ms, on a grid job). What
-they draw is the same, pixel for pixel (tests/experiments/test_plots.py). No pyplot: no global
+they draw is the same, pixel for pixel (tests/experiments/test_plots.py). The job's forked
+artifact writer (records.Forked) makes its own replica figure: a figure drawn before the fork
+carries FreeType fonts in matplotlib's text caches, and the two processes drawing with them at
+once corrupt each other's glyphs ("FT_Load_Glyph ... invalid outline"). No pyplot: no global
 state and no GUI backend.
 """
 
@@ -93,7 +96,8 @@ _reused: dict[tuple[str, int], Any] = {}  # ("replica" | "job", dpi) -> this pro
 
 def replica_base(dpi: int = 80) -> tuple:
     """(figure, canvas, its four animated lines, its label) of the replica figures, made once
-    per process and drawn once (call it before forking a writer: the child inherits it drawn)."""
+    per process and drawn once. Not before a fork whose child draws while this process does:
+    matplotlib's text caches keep FreeType fonts, which a forked child must not share."""
     if ("replica", dpi) not in _reused:
         fig = Figure(figsize=(9.0, 3.2), dpi=dpi)
         canvas = FigureCanvasAgg(fig)

@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 from experiments.bundle import Bundle
 from experiments.config import flatten
 from experiments.errors import StoreUnavailable
-from experiments.plots import replica_base
 from experiments.record_format import (
     MEAN,
     Artifact,
@@ -314,8 +313,6 @@ def _upload_replicas(
     report.already = len(by_seed) - len(todo)
     if not (todo or missing):
         return time.perf_counter(), {}
-    if cfg.tracking.replica_figures and not bundle.replicas_dir.is_dir():
-        replica_base(int(cfg.tracking.figure_dpi))  # made here once: each writer inherits it
     writer = Forked(lambda inbox: _artifacts(bundle, tracker, result, cfg, inbox))
     try:
         uris = {r.info.run_id: r.info.artifact_uri for r in by_seed.values()}

@@ -75,3 +75,33 @@ def test_replica_figures_are_the_same_whatever_was_drawn_before(tmp_path, fresh)
         loss = np.stack([curves["train_loss"][k], curves["test_loss"][k]])
         assert figures.fig.axes[0].get_ylim() == pytest.approx(plots._limits(loss, log=True))
     assert len(plots._reused) == 1  # one figure, drawn again for each job
+
+
+def test_a_forked_writer_and_its_parent_draw_at_once_without_corrupting_fonts(tmp_path, fresh):
+    """As a job's upload does: the parent draws the job figure while its forked artifact
+    writer draws the replica figures (a figure drawn before the fork and used by both broke
+    FreeType: "FT_Load_Glyph failed: invalid outline" in one job of three)."""
+    import os
+
+    failures = []
+    for i in range(12):
+        curves = _curves(i, diverged=i % 3 == 0)
+        plots.job_figure(tmp_path / "warm.png", curves, f"job {i}", "MSE")
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                figures = plots.ReplicaFigures(curves, np.ones(R, dtype=bool))
+                for r in range(R):
+                    figures.save(tmp_path / f"child{i}" / f"{r}.png", curves, r, f"seed {r}")
+            except Exception:
+                code = 1
+            os._exit(code)
+        try:
+            plots.job_figure(tmp_path / f"job{i}.png", curves, f"j{i} bs10 lr0.003", "MSE")
+        except RuntimeError as exc:
+            failures.append(f"parent, job {i}: {exc}")
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            failures.append(f"child, job {i}")
+    assert failures == []
