@@ -14,7 +14,7 @@ next one's start (Hydra composing and starting the job), and its idle end.
 replicas=50` for the same FLOP as 20 jobs of 50 replicas (the groups' training without the
 other 80 jobs' bookkeeping).
 
-Run: python benchmarks/grid.py [--extra KEY=VALUE ...] [--threads 2] [--sgemm-s 10]
+Run: python benchmarks/grid.py [--extra KEY=VALUE ...] [--threads 2] [--sgemm-s 10] [--store DIR]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def run_grid(store: Path, extra: list[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the process tree)."""
     cmd = [sys.executable, "-m", "experiments.train", "-m", "experiment=grid",
            f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+           f"trainer.checkpoint_dir={store / 'checkpoints'}",
            f"hydra.sweep.dir={store / 'sweep'}", "trainer.progress=false", *extra]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -95,12 +96,16 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for the grid")
     ap.add_argument("--threads", type=int, default=2, help="sgemm threads: the grid's cores")
     ap.add_argument("--sgemm-s", type=float, default=10.0)
+    ap.add_argument("--store", type=Path, help="a new folder to keep the store in (default: a "
+                    "temporary one, removed)")  # fmt: skip
     args = ap.parse_args()
     peak_before = sgemm_gflops(args.threads, args.sgemm_s)
     with tempfile.TemporaryDirectory(prefix="mtl-grid-") as tmp:
-        wall, cpu = run_grid(Path(tmp), args.extra)
+        store = args.store.resolve() if args.store else Path(tmp)
+        store.mkdir(parents=True, exist_ok=args.store is None)
+        wall, cpu = run_grid(store, args.extra)
         peak_after = sgemm_gflops(args.threads, args.sgemm_s)
-        jobs, sweep_start = job_runs(Path(tmp))
+        jobs, sweep_start = job_runs(store)
         parts = breakdown(jobs, sweep_start)
         flop = sum(
             epoch_flop(int(r.data.params["replicas"]), int(r.data.params["data.n_train"]))
