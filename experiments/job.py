@@ -387,27 +387,34 @@ def _trained_by_partner(job: Job) -> Any:
 
 def _group_partners(job: Job) -> list[Job]:
     """The other jobs of this job's lr group to train with it (none outside hydra/launcher=
-    lr_groups): those whose settings differ from its own only in the learning rate, that are
-    not FINISHED in the store and that have no checkpoint or trained results of their own."""
-    from dataclasses import replace
-
+    lr_groups), in the group's order."""
     from experiments import lr_groups
 
-    partners = []
-    for member in lr_groups.members():
-        if member.num == job.ctx.job_num:
-            continue
-        spec = validate(member.cfg)
-        if replace(spec, lr=job.spec.lr) != job.spec:
-            continue
-        other = Job(member.cfg, spec, replace(job.ctx, job_num=member.num), job.tracker,
-                    _seeds(member.cfg), config_hash(member.cfg), job.t_start)  # fmt: skip
-        if any(other.checkpoint_folder.glob("*")):
-            continue
-        if not member.cfg.tracking.rerun and _finished_before(other) is not None:
-            continue
-        partners.append(other)
-    return partners
+    members = [m for m in lr_groups.members() if m.num != job.ctx.job_num]
+    return [p for p in (_partner(job, m.num, m.cfg) for m in members) if p is not None]
+
+
+def _partner(job: Job, num: int, cfg: DictConfig) -> Job | None:
+    """Job `num` as a partner of `job`, if its settings differ from the job's only in the
+    learning rate, it is not FINISHED in the store and it has no checkpoint or trained results
+    of its own. One whose config is refused is left to fail as its own job."""
+    from dataclasses import replace
+
+    from experiments.config import ConfigError
+
+    try:
+        spec = validate(cfg)
+    except ConfigError:
+        return None
+    if replace(spec, lr=job.spec.lr) != job.spec:
+        return None
+    other = Job(cfg, spec, replace(job.ctx, job_num=num), job.tracker, _seeds(cfg),
+                config_hash(cfg), job.t_start)  # fmt: skip
+    if any(other.checkpoint_folder.glob("*")):
+        return None
+    if not cfg.tracking.rerun and _finished_before(other) is not None:
+        return None
+    return other
 
 
 def _batch_of(job: Job, partners: list[Job]) -> tuple[list[int], TrainSpec]:

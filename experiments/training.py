@@ -68,10 +68,10 @@ class TrainResult:
     # where; "" when trained alone.
     trained_with: str = ""
 
-    def take(self, first: int, n: int, share: float | None = None) -> TrainResult:
-        """Replicas first .. first+n-1 (copies); their timings are `share` of these (default
-        n/R: a batch's time split by replica)."""
-        share = n / len(self.seeds) if share is None else share
+    def take(self, first: int, n: int) -> TrainResult:
+        """Replicas first .. first+n-1 (copies), with their share of the timings (n/R: a
+        batch's time split by replica)."""
+        share = n / len(self.seeds)
         rows = slice(first, first + n)
         part = lambda t: t[rows].clone()  # noqa: E731
         return TrainResult(
@@ -662,8 +662,8 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
 
 def clear_checkpoints(folder: Path | str) -> int:
     """Remove the shard checkpoints, trained results (save_trained) and leftover temporary
-    files in `folder`, and the folder
-    if that leaves it empty; returns how many files were removed."""
+    files in `folder`, and the folder if that leaves it empty; returns how many files were
+    removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
