@@ -5,20 +5,19 @@ figures compare at a glance). Axes, ticks and legend are rendered once; each rep
 draws its four lines and a label onto that background and is written straight to PNG.
 A full `savefig` per replica cost ~55 ms (mostly text layout); this costs a few ms.
 
-A process draws every job's figures on the same two Figure objects (`_reused`), changing only
-their data, limits and texts: building a figure's axes and ticks anew cost more than drawing
-it (job figure ~140 -> ~80 ms, the replicas' background ~100 -> ~50 ms, on a grid job). What
-they draw is the same, pixel for pixel (tests/experiments/test_plots.py). The job's forked
-artifact writer (records.Forked) makes its own replica figure: a figure drawn before the fork
-carries FreeType fonts in matplotlib's text caches, and the two processes drawing with them at
-once corrupt each other's glyphs ("FT_Load_Glyph ... invalid outline"). No pyplot: no global
-state and no GUI backend.
+A process draws every job's figure on the same Figure (`_reused`), changing only its data,
+limits and texts: building the axes and ticks anew cost more than drawing them (~140 -> ~80 ms
+on a grid job), and what it draws is the same, pixel for pixel (tests/experiments/
+test_plots.py). The replica figures are drawn in the job's forked artifact writer
+(records.Forked), one process per job, so they are made anew each time; a figure drawn in the
+parent and reused by the child would share FreeType fonts (kept in matplotlib's text caches)
+between two processes drawing at once, which corrupts glyphs ("FT_Load_Glyph ... invalid
+outline"). No pyplot: no global state and no GUI backend.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -41,13 +40,13 @@ def _limits(values: np.ndarray, log: bool, floor: float | None = None) -> tuple[
     return lo - pad, hi + pad
 
 
-def _panel(ax, *, ylabel: str, log: bool, legend: str) -> tuple:
+def _panel(ax, *, xlim, ylim, ylabel: str, log: bool, legend: str) -> tuple:
     """One panel's fixed axes, and its train and test lines (animated: drawn per replica)."""
     (train,) = ax.plot([], [], label="train", lw=1.2, animated=True)
     (test,) = ax.plot([], [], label="test", lw=1.2, animated=True)
     ax.set_yscale("log" if log else "linear")
-    ax.set_xlim(0.0, 1.0)  # a replica figure sets its job's limits
-    ax.set_ylim(*((1e-3, 1.0) if log else (0.0, 1.0)))
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -67,11 +66,20 @@ class ReplicaFigures:
         xlim = (float(x[0]), float(max(x[-1], x[0] + 1)))
         loss = np.stack([curves["train_loss"][keep], curves["test_loss"][keep]])
         acc = 100 * np.stack([curves["train_acc"][keep], curves["test_acc"][keep]])
-        base = replica_base(dpi)
-        self.fig, self.canvas, self.lines, self.label = base
-        loss_ax, acc_ax = self.fig.axes
-        loss_ax.set(xlim=xlim, ylim=_limits(loss, log=True))
-        acc_ax.set(xlim=xlim, ylim=_limits(acc, log=False, floor=100.0))
+        self.fig = Figure(figsize=(9.0, 3.2), dpi=dpi)
+        self.canvas = FigureCanvasAgg(self.fig)
+        # Fixed margins: a layout engine would re-solve the layout on every draw.
+        self.fig.subplots_adjust(left=0.08, right=0.975, bottom=0.15, top=0.95, wspace=0.22)
+        loss_ax, acc_ax = self.fig.subplots(1, 2)
+        self.lines = _panel(
+            loss_ax, xlim=xlim, ylim=_limits(loss, log=True), ylabel="loss", log=True,
+            legend="upper right",
+        ) + _panel(
+            acc_ax, xlim=xlim, ylim=_limits(acc, log=False, floor=100.0),
+            ylabel="accuracy (%)", log=False, legend="lower right",
+        )  # fmt: skip
+        self.label = loss_ax.text(0.02, 0.97, "", transform=loss_ax.transAxes, va="top",
+                                  animated=True)  # fmt: skip
         self.canvas.draw()
         self.background = self.canvas.copy_from_bbox(self.fig.bbox)
 
@@ -91,27 +99,7 @@ class ReplicaFigures:
         Image.fromarray(rgba[..., :3]).save(path, format="png", compress_level=1)
 
 
-_reused: dict[tuple[str, int], Any] = {}  # ("replica" | "job", dpi) -> this process's figure
-
-
-def replica_base(dpi: int = 80) -> tuple:
-    """(figure, canvas, its four animated lines, its label) of the replica figures, made once
-    per process and drawn once. Not before a fork whose child draws while this process does:
-    matplotlib's text caches keep FreeType fonts, which a forked child must not share."""
-    if ("replica", dpi) not in _reused:
-        fig = Figure(figsize=(9.0, 3.2), dpi=dpi)
-        canvas = FigureCanvasAgg(fig)
-        # Fixed margins: a layout engine would re-solve the layout on every draw.
-        fig.subplots_adjust(left=0.08, right=0.975, bottom=0.15, top=0.95, wspace=0.22)
-        loss_ax, acc_ax = fig.subplots(1, 2)
-        lines = _panel(loss_ax, ylabel="loss", log=True, legend="upper right") + _panel(
-            acc_ax, ylabel="accuracy (%)", log=False, legend="lower right"
-        )
-        label = loss_ax.text(0.02, 0.97, "", transform=loss_ax.transAxes, va="top",
-                             animated=True)  # fmt: skip
-        canvas.draw()
-        _reused["replica", dpi] = (fig, canvas, lines, label)
-    return _reused["replica", dpi]
+_reused: dict[int, Figure] = {}  # dpi -> this process's job figure
 
 
 def _band(ax, x, values: np.ndarray, color: str, label: str, seeds: bool) -> None:
@@ -139,9 +127,9 @@ def job_figure(
 ) -> None:
     """A job at a glance: loss and accuracy against epochs, train and test, each as the mean
     over the replicas with a mean +- sd band, and every replica's test curve as a faint line."""
-    if ("job", dpi) not in _reused:
-        _reused["job", dpi] = _job_axes(dpi)
-    fig = _reused["job", dpi]
+    if dpi not in _reused:
+        _reused[dpi] = _job_axes(dpi)
+    fig = _reused[dpi]
     x = curves["epoch"]
     loss_ax, acc_ax = fig.axes
     for ax, kind, scale in ((loss_ax, "loss", 1.0), (acc_ax, "acc", 100.0)):

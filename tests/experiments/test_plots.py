@@ -1,5 +1,6 @@
-"""A process draws every job's figures on the same Figure objects (experiments/plots.py): what
-it draws must not depend on what it drew before, pixel for pixel."""
+"""A process draws every job's figure on the same Figure (experiments/plots.py): what it draws
+must not depend on what it drew before, pixel for pixel; and the job's forked artifact writer
+draws the replica figures at the same time without either corrupting the other's fonts."""
 
 from __future__ import annotations
 
@@ -57,30 +58,11 @@ def test_a_job_figure_is_the_same_whatever_was_drawn_before(tmp_path, fresh):
     assert not np.array_equal(first[0], first[1])
 
 
-def test_replica_figures_are_the_same_whatever_was_drawn_before(tmp_path, fresh):
-    keep = np.ones(R, dtype=bool)
-    diverged = keep.copy()
-    diverged[3] = False
-    jobs = [(_curves(1), keep), (_curves(2, diverged=True), diverged), (_curves(3), keep)]
-    first = {}
-    for i, (curves, k) in enumerate(jobs):
-        plots._reused.clear()
-        plots.ReplicaFigures(curves, k).save(tmp_path / f"fresh{i}.png", curves, 3, f"seed {i}")
-        first[i] = _pixels(tmp_path / f"fresh{i}.png")
-    for i, (curves, k) in [*enumerate(jobs), *reversed(list(enumerate(jobs)))]:
-        figures = plots.ReplicaFigures(curves, k)
-        figures.save(tmp_path / "other.png", curves, 5, "seed 5")
-        figures.save(tmp_path / "again.png", curves, 3, f"seed {i}")
-        assert np.array_equal(_pixels(tmp_path / "again.png"), first[i]), i
-        loss = np.stack([curves["train_loss"][k], curves["test_loss"][k]])
-        assert figures.fig.axes[0].get_ylim() == pytest.approx(plots._limits(loss, log=True))
-    assert len(plots._reused) == 1  # one figure, drawn again for each job
-
-
 def test_a_forked_writer_and_its_parent_draw_at_once_without_corrupting_fonts(tmp_path, fresh):
     """As a job's upload does: the parent draws the job figure while its forked artifact
-    writer draws the replica figures (a figure drawn before the fork and used by both broke
-    FreeType: "FT_Load_Glyph failed: invalid outline" in one job of three)."""
+    writer draws the replica figures (a replica figure drawn in the parent before the fork and
+    reused by the child broke FreeType: "FT_Load_Glyph failed: invalid outline", one job in
+    three)."""
     import os
 
     failures = []
