@@ -167,3 +167,31 @@ def test_a_sigterm_mid_group_ends_its_runs_killed_and_the_rerun_resumes_the_grou
     finished = [j for j in runs_by_kind(client, "quick")["job"] if j.info.status == "FINISHED"]
     assert sorted(j.data.tags["mtl.job_num"] for j in finished) == ["0", "1", "2", "3"]
     assert list((tmp_path / "ckpt").rglob("*.pt")) == []
+
+
+@pytest.mark.slow
+def test_a_partner_whose_results_cannot_be_kept_trains_itself(tmp_path, alone):
+    """The fault: job 2's checkpoint folder cannot be made (a file is in its place), so its
+    group's leader, job 0, cannot leave it its results. Job 2 then trains alone; nothing is
+    lost and the numbers are the same."""
+    from experiments.config import config_hash
+    from tests.experiments.conftest import compose_cfg
+
+    args = _sweep(tmp_path, "lr_groups")
+    swept = ("-m", "optim.lr=0.01,0.1", "trainer.batch_size=10,25")
+    fixed = [a for a in args if a not in swept and not a.startswith("hydra/")]
+    job2 = compose_cfg(*fixed, "optim.lr=0.1", "trainer.batch_size=10")
+    folder = tmp_path / "ckpt" / "quick" / f"{config_hash(job2)}-seed0-n3"
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")
+    proc = run_app(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "job #2: cannot keep its trained results" in proc.stdout + proc.stderr
+    assert _replicas(tmp_path) == alone
+    jobs = {
+        j.data.tags["mtl.job_num"]: j
+        for j in runs_by_kind(MlflowClient(sqlite_uri(tmp_path)), "quick")["job"]
+    }
+    assert {j.info.status for j in jobs.values()} == {"FINISHED"}
+    assert "mtl.trained_with" in jobs["0"].data.tags
+    assert "mtl.trained_with" not in jobs["2"].data.tags  # trained alone
