@@ -4,9 +4,11 @@ too, or an installed (non-editable) copy would lack it."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the project supports 3.10 too
 ROOT = Path(__file__).resolve().parents[1]
 
 
