@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,15 @@ import torch
 
 # Tiny tensors: one thread avoids OpenMP hand-off costs, and the CI machine has 2 cores.
 torch.set_num_threads(1)
+
+# Ctrl-C as in a terminal. A shell without job control starts a background command (`.ci/run
+# &`, nohup) with SIGINT ignored, and an ignored signal stays ignored across exec: Python then
+# installs no KeyboardInterrupt handler, `_thread.interrupt_main()` does nothing and a SIGINT
+# sent to a training process is lost, so the tests of Ctrl-C would fail for how the suite was
+# started. A handled signal is reset to its default across exec: the processes the tests start
+# get Python's own handler again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TESTS = Path(__file__).resolve().parent
 CLUSTER_GROUP = "cluster"
