@@ -11,7 +11,6 @@ FAILED or KILLED. Nothing from MLflow is imported until a multirun starts.
 from __future__ import annotations
 
 import atexit
-import copy
 import itertools
 import json
 import logging
@@ -177,29 +176,19 @@ def _swept_axes(config: DictConfig) -> dict[str, str]:
 
 
 def _job_configs(loader: Any, config: DictConfig, jobs: list[list[str]]) -> Iterator[DictConfig]:
-    """Each job's task config, as Hydra composes it. Composing reads the config files again
-    (~0.2 s a job), so only the first job is composed when the others differ from it in plain
-    values (`key=value` on a key it has, not a config group): they are it with those values
-    set as Hydra sets them (OmegaConf.update, merge=True); any other job is composed. An
+    """Each job's task config, as Hydra composes it: the first composed, the others derived
+    from it where they differ in plain values (experiments/compose.py), else composed. An
     override that cannot be applied raises ConfigError."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from experiments import compose
 
-    parse = OverridesParser.create().parse_overrides
     first = _composed(loader, config, jobs[0])
     yield first
-    same = {o.input_line for o in parse(jobs[0])}
     for overrides in jobs[1:]:
-        changed = [o for o in parse(overrides) if o.input_line not in same]
-        if not all(_plain(o, first) for o in changed):
-            yield _composed(loader, config, overrides)
-            continue
-        job_cfg = copy.deepcopy(first)
-        for o in changed:
-            try:
-                OmegaConf.update(job_cfg, o.key_or_group, o.value(), merge=True)
-            except Exception as exc:
-                raise _not_applied(f"`{o.input_line}`", exc) from None
-        yield job_cfg
+        try:
+            job_cfg = compose.derived(first, jobs[0], overrides)
+        except compose.NotApplied as exc:
+            raise _not_applied(f"`{exc.line}`", exc.__cause__ or exc) from None
+        yield job_cfg if job_cfg is not None else _composed(loader, config, overrides)
 
 
 def _composed(loader: Any, config: DictConfig, overrides: list[str]) -> DictConfig:
@@ -221,21 +210,6 @@ def _not_applied(what: str, exc: BaseException) -> Exception:
         f"{what} cannot be applied: {': '.join(lines)}{where}. Accepted: a value of the type "
         f"the config declares for that key (experiments/config.py, conf/)."
     )
-
-
-def _plain(override: Any, cfg: DictConfig) -> bool:
-    """A `key=value` override of a value `cfg` has (a leaf or a list: not a config group)."""
-    from hydra.core.override_parser.types import OverrideType
-
-    if override.type != OverrideType.CHANGE or override.package is not None:
-        return False
-    if override.is_hydra_override() or override.is_sweep_override():
-        return False
-    node = OmegaConf.select(cfg, override.key_or_group, default=_ABSENT)
-    return node is not _ABSENT and not isinstance(node, DictConfig)
-
-
-_ABSENT = object()
 
 
 def _precheck_jobs(config: DictConfig) -> list[dict[str, Any]] | None:

@@ -19,13 +19,19 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments import lr_groups
+from experiments import compose, lr_groups
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,7 @@ def execute_group(
     """In a worker: a group's jobs, one after the other, inside `lr_groups.together`."""
     setup_globals()
     Singleton.set_state(singleton_state)
-    configs = [_job_config(hydra_context, config, idx, overrides) for idx, overrides in jobs]
+    configs = group_configs(hydra_context, config, jobs)
     returns = []
     with lr_groups.together([(idx, cfg) for (idx, _), cfg in zip(jobs, configs, strict=True)]):
         for sweep_config in configs:
@@ -117,12 +123,38 @@ def execute_group(
     return returns
 
 
-def _job_config(
+def group_configs(
+    hydra_context: HydraContext, config: DictConfig, jobs: list[tuple[int, list[str]]]
+) -> list[DictConfig]:
+    """The group's configs as Hydra composes them: the first composed, the others derived from
+    it (experiments/compose.py: they differ in `optim.lr=<value>`), ~0.2 s a job less."""
+    (first_idx, first_overrides), rest = jobs[0], jobs[1:]
+    first = job_config(hydra_context, config, first_idx, first_overrides)
+    configs = [first]
+    for idx, overrides in rest:
+        try:
+            cfg = compose.derived(first, first_overrides, overrides)
+        except compose.NotApplied:  # Hydra composing it says why
+            cfg = None
+        if cfg is None:
+            configs.append(job_config(hydra_context, config, idx, overrides))
+            continue
+        OmegaConf.copy_cache(from_config=config, to_config=cfg)  # as load_sweep_config does
+        _number(cfg, idx)
+        configs.append(cfg)
+    return configs
+
+
+def job_config(
     hydra_context: HydraContext, config: DictConfig, idx: int, overrides: list[str]
 ) -> DictConfig:
     """A job's composed config, as hydra/launcher=joblib composes it."""
     sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
+    _number(sweep_config, idx)
+    return sweep_config
+
+
+def _number(sweep_config: DictConfig, idx: int) -> None:
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
-    return sweep_config
