@@ -5,19 +5,19 @@ figures compare at a glance). Axes, ticks and legend are rendered once; each rep
 draws its four lines and a label onto that background and is written straight to PNG.
 A full `savefig` per replica cost ~55 ms (mostly text layout); this costs a few ms.
 
-A process draws every job's figure on the same Figure (`_reused`), changing only its data,
-limits and texts: building the axes and ticks anew cost more than drawing them (~140 -> ~80 ms
-on a grid job), and what it draws is the same, pixel for pixel (tests/experiments/
-test_plots.py). The replica figures are drawn in the job's forked artifact writer
-(records.Forked), one process per job, so they are made anew each time; a figure drawn in the
-parent and reused by the child would share FreeType fonts (kept in matplotlib's text caches)
-between two processes drawing at once, which corrupts glyphs ("FT_Load_Glyph ... invalid
-outline"). No pyplot: no global state and no GUI backend.
+A process draws every job's figures on the same two Figures (`_reused`), changing only their
+data, limits and texts: building the axes and ticks anew cost more than drawing them (job
+figure ~140 -> ~80 ms, replica background ~200 -> ~70 ms on a grid job), and what they draw is
+the same, pixel for pixel (tests/experiments/test_plots.py). The worker draws the replicas'
+background before forking the job's artifact writer (records.Forked), which draws each
+replica's lines and label on it (plain text only: `ReplicaFigures.save`) while the worker
+draws the job figure. No pyplot: no global state and no GUI backend.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,13 +40,11 @@ def _limits(values: np.ndarray, log: bool, floor: float | None = None) -> tuple[
     return lo - pad, hi + pad
 
 
-def _panel(ax, *, xlim, ylim, ylabel: str, log: bool, legend: str) -> tuple:
+def _panel(ax, *, ylabel: str, log: bool, legend: str) -> tuple:
     """One panel's fixed axes, and its train and test lines (animated: drawn per replica)."""
     (train,) = ax.plot([], [], label="train", lw=1.2, animated=True)
     (test,) = ax.plot([], [], label="test", lw=1.2, animated=True)
     ax.set_yscale("log" if log else "linear")
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -54,37 +52,53 @@ def _panel(ax, *, xlim, ylim, ylabel: str, log: bool, legend: str) -> tuple:
     return train, test
 
 
-class ReplicaFigures:
-    """figures/curves.png for every replica of one job: its loss (log scale) and accuracy
-    curves side by side, on the axes all the job's replicas share."""
+_reused: dict[tuple[str, int], Any] = {}  # ("replica" | "job", dpi) -> this process's figure
 
-    def __init__(self, curves: dict[str, np.ndarray], keep: np.ndarray, dpi: int = 80) -> None:
-        """`curves`: epoch [E] and train/test loss/acc [R, E]; `keep` [R] bool: the replicas
-        whose values set the axis limits (the non-diverged ones, if any)."""
-        keep = keep if keep.any() else np.ones_like(keep)
-        x = curves["epoch"]
-        xlim = (float(x[0]), float(max(x[-1], x[0] + 1)))
-        loss = np.stack([curves["train_loss"][keep], curves["test_loss"][keep]])
-        acc = 100 * np.stack([curves["train_acc"][keep], curves["test_acc"][keep]])
+
+class ReplicaFigures:
+    """figures/curves.png for every replica of a job: its loss (log scale) and accuracy curves
+    side by side, on the axes all the job's replicas share. One per process and resolution
+    (`replica_figures`): `prepare` draws a job's background (axes, ticks, legend), `save` one
+    replica's lines and label on it."""
+
+    def __init__(self, dpi: int = 80) -> None:
         self.fig = Figure(figsize=(9.0, 3.2), dpi=dpi)
         self.canvas = FigureCanvasAgg(self.fig)
         # Fixed margins: a layout engine would re-solve the layout on every draw.
         self.fig.subplots_adjust(left=0.08, right=0.975, bottom=0.15, top=0.95, wspace=0.22)
         loss_ax, acc_ax = self.fig.subplots(1, 2)
-        self.lines = _panel(
-            loss_ax, xlim=xlim, ylim=_limits(loss, log=True), ylabel="loss", log=True,
-            legend="upper right",
-        ) + _panel(
-            acc_ax, xlim=xlim, ylim=_limits(acc, log=False, floor=100.0),
-            ylabel="accuracy (%)", log=False, legend="lower right",
-        )  # fmt: skip
+        self.lines = _panel(loss_ax, ylabel="loss", log=True, legend="upper right") + _panel(
+            acc_ax, ylabel="accuracy (%)", log=False, legend="lower right"
+        )
+        # Plain text, never mathtext: see `save`.
         self.label = loss_ax.text(0.02, 0.97, "", transform=loss_ax.transAxes, va="top",
-                                  animated=True)  # fmt: skip
+                                  animated=True, parse_math=False)  # fmt: skip
+        self.background = None
+
+    def prepare(self, curves: dict[str, np.ndarray], keep: np.ndarray) -> ReplicaFigures:
+        """Draw the background of a job's figures. `curves`: epoch [E] and train/test loss/acc
+        [R, E]; `keep` [R] bool: the replicas whose values set the axis limits (the
+        non-diverged ones, if any)."""
+        keep = keep if keep.any() else np.ones_like(keep)
+        x = curves["epoch"]
+        loss = np.stack([curves["train_loss"][keep], curves["test_loss"][keep]])
+        acc = 100 * np.stack([curves["train_acc"][keep], curves["test_acc"][keep]])
+        loss_ax, acc_ax = self.fig.axes
+        for ax in (loss_ax, acc_ax):
+            ax.set_xlim(float(x[0]), float(max(x[-1], x[0] + 1)))
+        loss_ax.set_ylim(*_limits(loss, log=True))
+        acc_ax.set_ylim(*_limits(acc, log=False, floor=100.0))
         self.canvas.draw()
         self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        return self
 
     def save(self, path: Path, curves: dict[str, np.ndarray], r: int, label: str) -> None:
-        """Write replica r's figure to `path` (NaN points, e.g. after divergence, are gaps)."""
+        """Write replica r's figure to `path` (NaN points, e.g. after divergence, are gaps).
+        It draws lines and plain text only, so a forked child may save while its parent draws:
+        the child gets new fonts for text (matplotlib clears its font cache in a forked child),
+        but mathtext (the log axis's tick labels) keeps fonts whose open files the two
+        processes would share, corrupting glyphs ("FT_Load_Glyph ... invalid outline")."""
+        assert self.background is not None, "prepare() first"
         self.canvas.restore_region(self.background)
         x = curves["epoch"]
         values = (curves["train_loss"][r], curves["test_loss"][r],
@@ -99,7 +113,13 @@ class ReplicaFigures:
         Image.fromarray(rgba[..., :3]).save(path, format="png", compress_level=1)
 
 
-_reused: dict[int, Figure] = {}  # dpi -> this process's job figure
+def replica_figures(
+    curves: dict[str, np.ndarray], keep: np.ndarray, dpi: int = 80
+) -> ReplicaFigures:
+    """This process's replica figures, prepared for a job's curves (see ReplicaFigures)."""
+    if ("replica", dpi) not in _reused:
+        _reused["replica", dpi] = ReplicaFigures(dpi)
+    return _reused["replica", dpi].prepare(curves, keep)
 
 
 def _band(ax, x, values: np.ndarray, color: str, label: str, seeds: bool) -> None:
@@ -127,9 +147,9 @@ def job_figure(
 ) -> None:
     """A job at a glance: loss and accuracy against epochs, train and test, each as the mean
     over the replicas with a mean +- sd band, and every replica's test curve as a faint line."""
-    if dpi not in _reused:
-        _reused[dpi] = _job_axes(dpi)
-    fig = _reused[dpi]
+    if ("job", dpi) not in _reused:
+        _reused["job", dpi] = _job_axes(dpi)
+    fig = _reused["job", dpi]
     x = curves["epoch"]
     loss_ax, acc_ax = fig.axes
     for ax, kind, scale in ((loss_ax, "loss", 1.0), (acc_ax, "acc", 100.0)):

@@ -188,16 +188,15 @@ def write_replica_folders(
     folder: Path,
     result: TrainResult,
     replica_yaml: Callable[[int], str],
-    figures: bool = True,
+    plots: ReplicaFigures | None = None,
     weights: bool = True,
-    dpi: int = 80,
 ) -> tuple[float, float]:
     """Each replica run's artifacts in folder/<seed>/, made in a temporary folder and renamed
-    into place when all are written; returns the seconds spent on files and on figures."""
+    into place when all are written; figures on `plots`, prepared for this result
+    (plots.replica_figures), if given. Returns the seconds spent on files and on figures."""
     t0 = time.perf_counter()
     curves = curves_of(result)
     seeds = result.seeds
-    plots = ReplicaFigures(curves, ~result.diverged.numpy(), dpi) if figures else None
     t_fig = 0.0
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

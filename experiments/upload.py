@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from experiments.bundle import Bundle
 from experiments.config import flatten
 from experiments.errors import StoreUnavailable
+from experiments.plots import ReplicaFigures, replica_figures
 from experiments.record_format import (
     MEAN,
     Artifact,
@@ -199,21 +200,25 @@ def _fill_replicas(
 
 
 def _artifacts(
-    bundle: Bundle, tracker: Tracker, result: Any, cfg: Any, inbox: Callable[[], Any]
+    bundle: Bundle,
+    tracker: Tracker,
+    result: Any,
+    cfg: Any,
+    figures: ReplicaFigures | None,
+    inbox: Callable[[], Any],
 ) -> tuple[float, float]:
     """(In the forked process, started before the replica runs are created.) The replica
-    folders, made once; then, with the runs to fill from `inbox()` ((seed -> run id, run id
-    -> artifact uri)), their upload (one run per thread on a server, `tracker.workers` at a
-    time)."""
+    folders, made once (their figures on `figures`, prepared by the parent); then, with the
+    runs to fill from `inbox()` ((seed -> run id, run id -> artifact uri)), their upload (one
+    run per thread on a server, `tracker.workers` at a time)."""
     t_files = t_fig = 0.0
     if not bundle.replicas_dir.is_dir():
         t_files, t_fig = write_replica_folders(
             bundle.replicas_dir,
             result,
             replica_yaml_writer((bundle.path / "config.yaml").read_text()),
-            figures=bool(cfg.tracking.replica_figures),
+            plots=figures,
             weights=bool(cfg.tracking.replica_weights),
-            dpi=int(cfg.tracking.figure_dpi),
         )
     todo, uris = inbox()
     tracker.artifact_uris.update(uris)  # the forked writer must not query the store
@@ -226,6 +231,15 @@ def _artifacts(
 
     tracker.parallel(send, todo.items())
     return t_files + time.perf_counter() - t0, t_fig
+
+
+def _replica_figures(bundle: Bundle, result: Any, cfg: Any) -> ReplicaFigures | None:
+    """The replica figures' background, drawn before the writer forks (plots.py), if any are
+    to be drawn."""
+    if not cfg.tracking.replica_figures or bundle.replicas_dir.is_dir():
+        return None
+    keep = ~result.diverged.numpy()
+    return replica_figures(curves_of(result), keep, int(cfg.tracking.figure_dpi))
 
 
 def sizes_of(cfg: Any) -> dict[str, int]:
@@ -313,7 +327,10 @@ def _upload_replicas(
     report.already = len(by_seed) - len(todo)
     if not (todo or missing):
         return time.perf_counter(), {}
-    writer = Forked(lambda inbox: _artifacts(bundle, tracker, result, cfg, inbox))
+    t0 = time.perf_counter()
+    figures = _replica_figures(bundle, result, cfg)
+    t_prepare = time.perf_counter() - t0
+    writer = Forked(lambda inbox: _artifacts(bundle, tracker, result, cfg, figures, inbox))
     try:
         uris = {r.info.run_id: r.info.artifact_uri for r in by_seed.values()}
         if missing:
@@ -326,6 +343,7 @@ def _upload_replicas(
         writer.give((todo, uris))
         t1 = time.perf_counter()
         report.bulk, split = _fill_replicas(bundle, tracker, result, todo, cfg, writer)
+        split["figures"] += t_prepare
         report.run_ids += list(todo.values())
     finally:
         writer.stop()

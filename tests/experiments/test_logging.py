@@ -16,7 +16,7 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from experiments import record_format, records, training
+from experiments import plots, record_format, training
 from experiments.record_format import (
     CURVE_METRIC,
     CURVES,
@@ -242,11 +242,10 @@ def test_training_error_ends_the_job_failed_with_the_error(tmp_path, monkeypatch
 
 
 def test_logging_error_ends_every_open_run_failed(tmp_path, monkeypatch):
-    class Broken:
-        def __init__(self, *args, **kwargs):
-            raise OSError("injected failure while drawing")
+    def broken(*args, **kwargs):
+        raise OSError("injected failure while drawing")
 
-    monkeypatch.setattr(records, "ReplicaFigures", Broken)
+    monkeypatch.setattr(plots.ReplicaFigures, "save", broken)  # in the forked writer
     with pytest.raises(OSError):
         _in_process(tmp_path)
     client = MlflowClient(sqlite_uri(tmp_path))

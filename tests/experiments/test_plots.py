@@ -1,6 +1,6 @@
-"""A process draws every job's figure on the same Figure (experiments/plots.py): what it draws
-must not depend on what it drew before, pixel for pixel; and the job's forked artifact writer
-draws the replica figures at the same time without either corrupting the other's fonts."""
+"""A process draws every job's figures on the same two Figures (experiments/plots.py): what it
+draws must not depend on what it drew before, pixel for pixel; and the job's forked artifact
+writer draws the replica figures at the same time without either corrupting the other's fonts."""
 
 from __future__ import annotations
 
@@ -58,22 +58,40 @@ def test_a_job_figure_is_the_same_whatever_was_drawn_before(tmp_path, fresh):
     assert not np.array_equal(first[0], first[1])
 
 
+def test_replica_figures_are_the_same_whatever_was_drawn_before(tmp_path, fresh):
+    jobs = [_curves(4), _curves(5, diverged=True), _curves(6)]
+    first = {}
+    for i, curves in enumerate(jobs):
+        plots._reused.clear()
+        plots.replica_figures(curves, np.ones(R, dtype=bool)).save(
+            tmp_path / "fresh.png", curves, 3, "seed 3, diverged at epoch 1000"
+        )
+        first[i] = _pixels(tmp_path / "fresh.png")
+    for i, curves in [*enumerate(jobs), *reversed(list(enumerate(jobs)))]:
+        figures = plots.replica_figures(curves, np.ones(R, dtype=bool))
+        figures.save(tmp_path / "other.png", curves, 0, "seed 0")
+        figures.save(tmp_path / "again.png", curves, 3, "seed 3, diverged at epoch 1000")
+        assert np.array_equal(_pixels(tmp_path / "again.png"), first[i]), i
+    assert not np.array_equal(first[0], first[2])
+
+
 def test_a_forked_writer_and_its_parent_draw_at_once_without_corrupting_fonts(tmp_path, fresh):
-    """As a job's upload does: the parent draws the job figure while its forked artifact
-    writer draws the replica figures (a replica figure drawn in the parent before the fork and
-    reused by the child broke FreeType: "FT_Load_Glyph failed: invalid outline", one job in
-    three)."""
+    """As a job's upload does: the parent draws the replicas' background and forks the artifact
+    writer, which draws each replica's lines and label on it while the parent draws the job
+    figure. The child's figures are those drawn with nobody else drawing. (When the child
+    redrew the background itself, axes and tick labels included, on a figure the parent had
+    drawn, FreeType failed: "FT_Load_Glyph failed: invalid outline", one job in three.)"""
     import os
 
     failures = []
     for i in range(12):
         curves = _curves(i, diverged=i % 3 == 0)
         plots.job_figure(tmp_path / "warm.png", curves, f"job {i}", "MSE")
+        figures = plots.replica_figures(curves, np.ones(R, dtype=bool))
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                figures = plots.ReplicaFigures(curves, np.ones(R, dtype=bool))
                 for r in range(R):
                     figures.save(tmp_path / f"child{i}" / f"{r}.png", curves, r, f"seed {r}")
             except Exception:
@@ -86,4 +104,10 @@ def test_a_forked_writer_and_its_parent_draw_at_once_without_corrupting_fonts(tm
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             failures.append(f"child, job {i}")
+            continue
+        for r in range(R):
+            figures.save(tmp_path / "alone.png", curves, r, f"seed {r}")
+            if not np.array_equal(_pixels(tmp_path / f"child{i}" / f"{r}.png"),
+                                  _pixels(tmp_path / "alone.png")):  # fmt: skip
+                failures.append(f"child, job {i}, replica {r}: other pixels")
     assert failures == []
