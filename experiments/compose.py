@@ -1,11 +1,11 @@
 """A sweep job's config made from another job's, where Hydra would only have set values.
 
-Composing a job's config reads the config files again and merges them (~0.2 s a job on the
-grid's configs: a fifth of a grid job's bookkeeping). Jobs of one sweep mostly differ in plain
+Composing a job's config reads the config files again and merges them (~0.09 s a job on the
+grid's configs, in the worker, between two jobs). Jobs of one sweep mostly differ in plain
 values (`key=value` on a key the config has, not a config group), and such an override does not
 change the defaults list: Hydra applies it to the composed config (OmegaConf.update, merge=True,
 ConfigLoaderImpl._apply_overrides_to_config) and lists it in hydra.overrides.task and
-hydra.job.override_dirname. `derived` does the same to a copy of the other job's config (~0.02
+hydra.job.override_dirname. `derived` does the same to a copy of the other job's config (~0.007
 s); the callbacks' precheck (task configs) and the lr_groups launcher (full configs) use it.
 tests/experiments/test_compose.py compares it with Hydra's own composition.
 """
