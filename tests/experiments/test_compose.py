@@ -72,7 +72,7 @@ def test_what_cannot_be_derived_is_left_to_hydra():
             ["optim.lr=0.2"],  # fewer overrides
             ["+optim.lr=0.2", "replicas=2"],  # not a plain value
             ["optim=sgd", "replicas=2"],  # a config group
-            ["optim.lr=0.1", "model.nonexistent=2"],  # a key the config lacks
+            ["optim.lr=0.1", "model.nonexistent=2"],  # another key, one the config lacks
         ):
             assert compose.derived(base, base_overrides, overrides) is None, overrides
         overlapping = ["optim.lr=0.1", "optim.lr=0.3"]  # the order of the two would matter
