@@ -72,8 +72,8 @@ DEFAULT_FLAT = {
     "trainer.kernel": "auto", "trainer.progress": "True", "trainer.threads": "1",
     "trainer.workers": "1",
 }  # fmt: skip
-GRID = {"replicas": "10", "tracking.experiment": "grid", "trainer.epochs": "2000",
-        "trainer.eval_every": "50"}  # fmt: skip
+GRID = {"replicas": "10", "tracking.experiment": "grid", "tracking.replica_figures": "False",
+        "trainer.epochs": "2000", "trainer.eval_every": "50"}  # fmt: skip
 PRESET_CHANGES = {
     None: ("2ff3211928bb", {}),
     "report": ("2ff3211928bb",
