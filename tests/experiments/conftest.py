@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 import experiments.config  # noqa: F401  (registers the schema and the mtl.repo resolver)
+import experiments.train  # noqa: F401  (registers hydra/launcher=lr_groups, as the app does)
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
